@@ -1,0 +1,46 @@
+"""The one record that flows from the mirror to the sinks: a change to a shard's state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Origin = Literal["snapshot", "resync", "live", "system"]
+
+#: Entity types whose ``id`` is the account id itself (one row per account).
+ACCOUNT_KEYED_TYPES = frozenset(
+    {"account", "accountRiskStatus", "marginSnapshot", "userAccountAutoLiq"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A single change of a shard, as written to the sinks' change log.
+
+    ``event_type`` is ``Created``/``Updated``/``Deleted`` for entity changes;
+    for system and unknown events (``origin == "system"``) ``entity_type`` is
+    the event name, ``event_type`` is ``"Event"``, ``id`` is None and
+    ``entity`` holds the payload as received.
+    """
+
+    origin: Origin
+    entity_type: str
+    event_type: str
+    id: int | None
+    entity: Any
+    received_at: str
+
+    @property
+    def account_id(self) -> int | None:
+        return account_id_of(self.entity_type, self.entity)
+
+
+def account_id_of(entity_type: str, entity: Any) -> int | None:
+    """The account an entity belongs to, when the entity itself says so."""
+    if not isinstance(entity, dict):
+        return None
+    if entity_type in ACCOUNT_KEYED_TYPES:
+        value = entity.get("id")
+    else:
+        value = entity.get("accountId")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
