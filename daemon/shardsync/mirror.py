@@ -1,0 +1,297 @@
+"""A shard's in-memory state and its reconciliation with what the server says.
+
+Pure: no I/O, no clock, no logging. The caller passes ``received_at`` and
+writes the returned :class:`~shardsync.change.Change` records to the sink.
+
+State has two layers. *Committed* is what the sink holds; *pending* is an
+overlay of changes handed out but not yet committed. Every ``diff_*`` sees
+committed+pending, so the changes of one batch build on each other; the
+caller calls :meth:`Mirror.commit` once the sink committed the batch, or
+:meth:`Mirror.rollback` when it failed (the session then resyncs).
+
+Entity dicts are stored as given and never copied or modified: callers must
+treat them as immutable once handed over. Entities are compared by value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import (
+    Collection,
+    ItemsView,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from typing import Any
+
+from shardsync.change import Change, Origin
+
+__all__ = ["EVENT_TYPES", "Entity", "Key", "Mirror", "MirrorError", "key_of"]
+
+Key = tuple[str, int]
+Entity = dict[str, Any]
+
+EVENT_TYPES = frozenset({"Created", "Updated", "Deleted"})
+
+
+class MirrorError(ValueError):
+    """An event or entity the mirror cannot apply; state is left untouched."""
+
+
+def key_of(entity_type: str, entity: object) -> Key:
+    """The mirror key of ``entity``; raises MirrorError without an integer ``id``."""
+    if not isinstance(entity, dict):
+        raise MirrorError(f"{entity_type}: entity is not an object")
+    ident = entity.get("id")
+    # bool is an int subclass and True == 1 would alias the key of id 1.
+    if not isinstance(ident, int) or isinstance(ident, bool):
+        raise MirrorError(f"{entity_type}: entity has no integer id")
+    return (entity_type, ident)
+
+
+class Mirror:
+    """Committed state plus a pending overlay, keyed by ``(entity_type, id)``.
+
+    Rules the brief left open, decided here:
+
+    * ``diff_snapshot`` emits every ``Deleted`` first, in ``(entity_type, id)``
+      order, then ``Created``/``Updated`` in the snapshot's iteration order
+      (the server's order, and O(n) with no sort of the whole snapshot).
+    * A live ``Created`` for a known id or ``Updated`` for an unknown id is an
+      upsert and is emitted with the event type as received; sinks must treat
+      both as upserts.
+    * The first snapshot has origin ``snapshot``; later ones, and any snapshot
+      of a mirror preloaded with entities (a restarted worker), ``resync``.
+    """
+
+    __slots__ = (
+        "_committed",
+        "_committed_counts",
+        "_committed_size",
+        "_committed_synced",
+        "_counts",
+        "_pending",
+        "_size",
+        "_synced",
+    )
+
+    def __init__(
+        self,
+        entities: Iterable[tuple[str, int, Entity]] = (),
+        *,
+        synced: bool | None = None,
+    ) -> None:
+        """Preload committed state from the sink.
+
+        ``synced`` says whether the sink already went through a first
+        snapshot; by default it is true when any entity was preloaded. A
+        worker whose sink holds history but no entities can pass True so its
+        first snapshot is logged as ``resync``.
+        """
+        committed: dict[Key, Entity] = {}
+        for entity_type, ident, entity in entities:
+            if not isinstance(ident, int) or isinstance(ident, bool):
+                raise MirrorError(f"{entity_type}: preloaded entity has no integer id")
+            committed[(entity_type, ident)] = entity
+        counts: dict[str, int] = {}
+        for entity_type, _ in committed:
+            counts[entity_type] = counts.get(entity_type, 0) + 1
+        self._committed = committed
+        # None marks a committed key deleted in the pending batch.
+        self._pending: dict[Key, Entity | None] = {}
+        self._size = self._committed_size = len(committed)
+        self._counts = counts
+        self._committed_counts = dict(counts)
+        self._synced = self._committed_synced = (
+            bool(committed) if synced is None else synced
+        )
+
+    # -- reading (committed + pending) ---------------------------------------
+
+    def get(self, key: Key) -> Entity | None:
+        """The current entity for ``key``, pending changes included."""
+        pending = self._pending
+        if key in pending:
+            return pending[key]
+        return self._committed.get(key)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, tuple) and self.get(key) is not None
+
+    def __len__(self) -> int:
+        return self._size
+
+    def items(self) -> Iterator[tuple[Key, Entity]]:
+        """Current entities, pending changes included; do not diff while iterating."""
+        pending = self._pending
+        for key, entity in self._committed.items():
+            if key not in pending:
+                yield key, entity
+        for key, maybe in pending.items():
+            if maybe is not None:
+                yield key, maybe
+
+    def committed_items(self) -> ItemsView[Key, Entity]:
+        """Entities as the sink holds them (pending changes excluded)."""
+        return self._committed.items()
+
+    def counts(self) -> dict[str, int]:
+        """Current entities per type, pending changes included."""
+        return dict(self._counts)
+
+    @property
+    def snapshot_seen(self) -> bool:
+        """Whether a snapshot was diffed (or the sink had one) before."""
+        return self._synced
+
+    @property
+    def pending(self) -> int:
+        """Number of keys changed since the last commit or rollback."""
+        return len(self._pending)
+
+    # -- diffing --------------------------------------------------------------
+
+    def diff_snapshot(
+        self,
+        snapshot: Mapping[Key, Entity],
+        *,
+        types: Collection[str] | None,
+        received_at: str,
+    ) -> list[Change]:
+        """Reconcile with a complete snapshot and return the changes it implies.
+
+        The snapshot is the whole truth for the shard: any current key absent
+        from it is deleted, whatever its type. ``types`` is the configured
+        scope: when given, snapshot entities of other types are ignored (the
+        server sent what was not asked for) and current entities of other
+        types are deleted (left over from an older configuration). ``None``
+        takes the snapshot as is. Keys should be built with :func:`key_of`.
+        """
+        if isinstance(types, str):
+            # A bare string is a Collection[str] of characters: always a bug.
+            raise MirrorError(f"types must be a collection of names, not {types!r}")
+        scope = None if types is None else frozenset(types)
+        origin: Origin = "resync" if self._synced else "snapshot"
+
+        def in_truth(key: Key) -> bool:
+            return key in snapshot and (scope is None or key[0] in scope)
+
+        pending = self._pending
+        vanished: list[tuple[Key, Entity]] = [
+            (key, entity)
+            for key, entity in self._committed.items()
+            if key not in pending and not in_truth(key)
+        ]
+        vanished.extend(
+            (key, maybe)
+            for key, maybe in pending.items()
+            if maybe is not None and not in_truth(key)
+        )
+        vanished.sort(key=lambda item: item[0])
+
+        changes: list[Change] = []
+        for key, entity in vanished:
+            self._remove(key)
+            changes.append(
+                Change(origin, key[0], "Deleted", key[1], entity, received_at)
+            )
+        for key, entity in snapshot.items():
+            if scope is not None and key[0] not in scope:
+                continue
+            current = self.get(key)
+            if current == entity:
+                continue
+            self._put(key, entity, current is not None)
+            event_type = "Created" if current is None else "Updated"
+            changes.append(
+                Change(origin, key[0], event_type, key[1], entity, received_at)
+            )
+        self._synced = True
+        return changes
+
+    def diff_event(
+        self,
+        entity_type: str,
+        event_type: str,
+        entities: Sequence[Entity],
+        *,
+        received_at: str,
+    ) -> list[Change]:
+        """Apply one live ``props`` event and return the changes it made.
+
+        Re-delivery of an entity the mirror already holds, and ``Deleted`` of
+        an unknown id, change nothing and emit nothing (Tradovate may
+        re-deliver; clients dedupe). All entities are checked before any is
+        applied, so a MirrorError leaves the state untouched.
+        """
+        if event_type not in EVENT_TYPES:
+            raise MirrorError(f"{entity_type}: unknown eventType {event_type!r}")
+        keys = [key_of(entity_type, entity) for entity in entities]
+        changes: list[Change] = []
+        deleting = event_type == "Deleted"
+        for key, entity in zip(keys, entities):
+            current = self.get(key)
+            if deleting:
+                if current is None:
+                    continue
+                self._remove(key)
+            else:
+                if current == entity:
+                    continue
+                self._put(key, entity, current is not None)
+            changes.append(
+                Change("live", entity_type, event_type, key[1], entity, received_at)
+            )
+        return changes
+
+    def system(self, name: str, payload: Any, *, received_at: str) -> Change:
+        """A system or unknown event as a change record; the state is untouched."""
+        return Change("system", name, "Event", None, payload, received_at)
+
+    # -- batch boundaries -----------------------------------------------------
+
+    def commit(self) -> None:
+        """Make the pending changes committed: the sink committed their batch."""
+        committed = self._committed
+        for key, maybe in self._pending.items():
+            if maybe is None:
+                del committed[key]
+            else:
+                committed[key] = maybe
+        self._pending.clear()
+        self._committed_size = self._size
+        self._committed_counts = dict(self._counts)
+        self._committed_synced = self._synced
+
+    def rollback(self) -> None:
+        """Drop the pending changes: the sink failed, the state is the committed one."""
+        self._pending.clear()
+        self._size = self._committed_size
+        self._counts = dict(self._committed_counts)
+        self._synced = self._committed_synced
+
+    # -- internals ------------------------------------------------------------
+
+    def _put(self, key: Key, entity: Entity, existed: bool) -> None:
+        self._pending[key] = entity
+        if not existed:
+            self._size += 1
+            counts = self._counts
+            counts[key[0]] = counts.get(key[0], 0) + 1
+
+    def _remove(self, key: Key) -> None:
+        """Delete a key known to be present."""
+        if key in self._committed:
+            self._pending[key] = None
+        else:
+            # Never committed, so no tombstone is needed: dropping the overlay
+            # entry restores "absent" (both changes were still emitted).
+            del self._pending[key]
+        self._size -= 1
+        counts = self._counts
+        left = counts[key[0]] - 1
+        if left:
+            counts[key[0]] = left
+        else:
+            del counts[key[0]]

@@ -1,0 +1,107 @@
+"""What every sink promises: batched all-or-nothing writes and a preload of current state."""
+
+from __future__ import annotations
+
+import abc
+import errno
+import fcntl
+import os
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from shardsync.change import Change
+
+#: The event types that touch the ``entities`` table; anything else from a
+#: non-system origin is a bug upstream and is refused rather than dropped.
+UPSERT_EVENTS = frozenset({"Created", "Updated"})
+DELETE_EVENT = "Deleted"
+
+#: Files are opened group-readable only: they hold account data.
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+
+
+class SinkError(Exception):
+    """A sink could not persist or read; names the sink and its file or (password-free) dsn."""
+
+
+class Sink(abc.ABC):
+    """One shard's persistent copy: current entities plus the change log.
+
+    A sink belongs to one worker process and must be opened after fork: the
+    single-writer locks are per open file description and a forked copy
+    would share them.
+    """
+
+    @abc.abstractmethod
+    def load(self) -> Iterator[tuple[str, int, dict[str, Any]]]:
+        """Yield ``(entity_type, id, entity)`` for every current entity (to preload the mirror)."""
+
+    @abc.abstractmethod
+    def write(self, changes: Sequence[Change]) -> None:
+        """Persist ``changes`` in one transaction; return only once durably committed."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the file/connection and the writer lock; safe to call twice."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def shard_file_name(remainder: int, divisor: int, suffix: str) -> str:
+    """``shard-003-of-016.sqlite3``: both numbers padded to 3 digits, wider when the divisor needs it."""
+    check_shard(remainder, divisor)
+    width = max(3, len(str(divisor)))
+    return f"shard-{remainder:0{width}d}-of-{divisor:0{width}d}.{suffix.lstrip('.')}"
+
+
+def check_shard(remainder: int, divisor: int) -> None:
+    if divisor < 1 or not 0 <= remainder < divisor:
+        raise ValueError(f"invalid shard {remainder}/{divisor}: need 0 <= remainder < divisor")
+
+
+def ensure_dir(sink: str, path: str) -> None:
+    if not path:
+        raise SinkError(f"{sink} sink: no path configured")
+    try:
+        os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+    except OSError as exc:
+        raise SinkError(f"{sink} sink: cannot create directory {path}: {exc.strerror}") from exc
+
+
+def lock_exclusive(sink: str, fd: int, what: str) -> None:
+    """Take the single-writer lock on ``fd`` or fail at once if another writer holds it.
+
+    Non-blocking on purpose: a second writer for a shard means the supervisor
+    (or a second host) is wrong, and waiting would hide that.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise SinkError(f"{sink} sink: {what} is in use by another process") from None
+        raise SinkError(f"{sink} sink: cannot lock {what}: {exc.strerror}") from exc
+
+
+def open_file(sink: str, path: str, flags: int) -> int:
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    except OSError as exc:
+        raise SinkError(f"{sink} sink: cannot open {path}: {exc.strerror}") from exc
+
+
+def dump_error(sink: str, where: str, change: Change, exc: Exception) -> SinkError:
+    return SinkError(
+        f"{sink} sink: {where}: cannot serialize {change.entity_type} "
+        f"{change.event_type} id={change.id}: {exc}"
+    )

@@ -1,0 +1,232 @@
+"""The embedded default sink: one SQLite file per shard, WAL, one writer.
+
+Durability: ``journal_mode=WAL`` with ``synchronous=NORMAL``. A commit appends
+the transaction to the WAL with ``write()``; the WAL is fsynced at checkpoints,
+not at each commit. Once ``write()`` has returned the data sits in the kernel's
+page cache, so it survives any crash of this process (SIGKILL included), which
+is the failure model the worker and supervisor are built for. Only an OS crash
+or power loss can lose the last commits, and even then the database stays
+consistent; the worker's resync on start then restores what the server has.
+``synchronous=FULL`` would add an fsync per batch for that case alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import orjson
+
+from shardsync.change import Change
+from shardsync.sinks.base import (
+    DELETE_EVENT,
+    UPSERT_EVENTS,
+    Sink,
+    SinkError,
+    dump_error,
+    ensure_dir,
+    lock_exclusive,
+    open_file,
+    shard_file_name,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entities (
+    entity_type TEXT,
+    id INTEGER,
+    account_id INTEGER,
+    data TEXT,
+    updated_at TEXT,
+    PRIMARY KEY (entity_type, id)
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    received_at TEXT,
+    origin TEXT,
+    entity_type TEXT,
+    event_type TEXT,
+    id INTEGER,
+    data TEXT
+);
+CREATE INDEX IF NOT EXISTS entities_account_id ON entities (account_id);
+CREATE INDEX IF NOT EXISTS events_received_at ON events (received_at);
+"""
+
+UPSERT = (
+    "INSERT INTO entities (entity_type, id, account_id, data, updated_at) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (entity_type, id) DO UPDATE SET "
+    "account_id = excluded.account_id, data = excluded.data, updated_at = excluded.updated_at"
+)
+DELETE = "DELETE FROM entities WHERE entity_type = ? AND id = ?"
+APPEND = (
+    "INSERT INTO events (received_at, origin, entity_type, event_type, id, data) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+#: Milliseconds to wait for a reader's lock (e.g. an operator's sqlite3 shell
+#: holding a checkpoint) before failing the batch; the worker then retries.
+BUSY_TIMEOUT_MS = 5000
+
+Row = tuple[Any, ...]
+
+
+class SqliteSink(Sink):
+    """``<path>/shard-RRR-of-DDD.sqlite3`` with an flock'd ``.lock`` sidecar for single-writer."""
+
+    def __init__(self, path: str, *, remainder: int, divisor: int) -> None:
+        self.file = os.path.join(path, shard_file_name(remainder, divisor, "sqlite3"))
+        ensure_dir("sqlite", path)
+        # The lock lives in a sidecar because SQLite itself takes POSIX locks on
+        # the database file; an flock there would work on Linux but mixing the
+        # two on one file is fragile (NFS, other platforms).
+        self._lock_fd: int | None = open_file("sqlite", self.file + ".lock", os.O_RDWR)
+        try:
+            lock_exclusive("sqlite", self._lock_fd, self.file)
+            # Created here rather than by SQLite so the mode is ours; SQLite
+            # gives the -wal/-shm files the database file's mode.
+            os.close(open_file("sqlite", self.file, os.O_RDWR))
+            self._conn: sqlite3.Connection | None = self._connect()
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"SqliteSink({self.file!r})"
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            # isolation_level=None: the module must not open transactions
+            # behind our back; write() issues BEGIN IMMEDIATE/COMMIT itself.
+            # check_same_thread=False: the worker may open the sink on one
+            # thread and write from its session thread; it never shares it.
+            conn = sqlite3.connect(self.file, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise SinkError(f"sqlite sink: cannot open {self.file}: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise SinkError(f"sqlite sink: {self.file}: cannot enable WAL (got {mode})")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise SinkError(f"sqlite sink: cannot initialise {self.file}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._lock_fd is None:
+            raise SinkError(f"sqlite sink: {self.file} is closed")
+        if self._conn is None:
+            # A failed rollback left no usable connection; the writer lock is
+            # still ours, so reconnecting is safe and saves the worker a reopen.
+            self._conn = self._connect()
+        return self._conn
+
+    def load(self) -> Iterator[tuple[str, int, dict[str, Any]]]:
+        conn = self._connection()
+        try:
+            # fetchall, not a lazy cursor: a half-read SELECT keeps a read
+            # transaction open and a following BEGIN IMMEDIATE would fail.
+            rows = conn.execute("SELECT entity_type, id, data FROM entities").fetchall()
+        except sqlite3.Error as exc:
+            raise SinkError(f"sqlite sink: cannot read {self.file}: {exc}") from exc
+        for entity_type, ident, data in rows:
+            try:
+                entity = orjson.loads(data)
+            except orjson.JSONDecodeError as exc:
+                raise SinkError(
+                    f"sqlite sink: {self.file}: corrupt data for {entity_type} id={ident}: {exc}"
+                ) from exc
+            yield entity_type, ident, entity
+
+    def write(self, changes: Sequence[Change]) -> None:
+        if not changes:
+            return
+        # Serialising first means a bad entity fails the batch before any SQL runs.
+        runs, events = self._rows(changes)
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement, rows in runs:
+                conn.executemany(statement, rows)
+            conn.executemany(APPEND, events)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            self._rollback(conn)
+            raise SinkError(
+                f"sqlite sink: {self.file}: batch of {len(changes)} not written: {exc}"
+            ) from exc
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            # The connection is unusable (closed, I/O error): drop it and let
+            # the next call reconnect. SQLite rolls back an unfinished
+            # transaction from the WAL on the next open, so nothing partial
+            # can become visible.
+            self._conn = None
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def _rows(self, changes: Sequence[Change]) -> tuple[list[tuple[str, list[Row]]], list[Row]]:
+        # Consecutive entity operations of one kind go to one executemany;
+        # runs keep their order so an Updated after a Deleted still wins.
+        runs: list[tuple[str, list[Row]]] = []
+        events: list[Row] = []
+        for change in changes:
+            try:
+                data = orjson.dumps(change.entity).decode()
+            except (TypeError, orjson.JSONEncodeError) as exc:
+                raise dump_error("sqlite", self.file, change, exc) from exc
+            events.append(
+                (
+                    change.received_at,
+                    change.origin,
+                    change.entity_type,
+                    change.event_type,
+                    change.id,
+                    data,
+                )
+            )
+            if change.origin == "system":
+                continue
+            if change.id is None:
+                raise SinkError(
+                    f"sqlite sink: {self.file}: {change.entity_type} {change.event_type} has no id"
+                )
+            statement: str
+            row: Row
+            if change.event_type in UPSERT_EVENTS:
+                statement = UPSERT
+                row = (change.entity_type, change.id, change.account_id, data, change.received_at)
+            elif change.event_type == DELETE_EVENT:
+                statement, row = DELETE, (change.entity_type, change.id)
+            else:
+                raise SinkError(
+                    f"sqlite sink: {self.file}: unknown event type {change.event_type!r} "
+                    f"for {change.entity_type} id={change.id}"
+                )
+            if runs and runs[-1][0] is statement:
+                runs[-1][1].append(row)
+            else:
+                runs.append((statement, [row]))
+        return runs, events
+
+    def close(self) -> None:
+        conn, self._conn = getattr(self, "_conn", None), None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            # Closing the descriptor releases the flock.
+            os.close(fd)

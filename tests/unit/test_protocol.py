@@ -1,0 +1,211 @@
+"""Unit tests for the pure Tradovate codec."""
+
+from __future__ import annotations
+
+import pytest
+
+from shardsync import protocol as p
+
+
+def test_open_and_heartbeat_frames() -> None:
+    """`o` and `h` decode to their own frame types, from bytes or text."""
+    assert p.decode_frame(b"o") == p.OpenFrame()
+    assert p.decode_frame("h") == p.HeartbeatFrame()
+
+
+def test_bare_close_and_close_with_code() -> None:
+    """Both `c` and `c[code,"reason"]` decode, keeping code and reason."""
+    assert p.decode_frame(b"c") == p.CloseFrame()
+    assert p.decode_frame(b'c[3000,"Go away!"]') == p.CloseFrame(3000, "Go away!")
+    assert p.decode_frame(b"c[1000]") == p.CloseFrame(1000, None)
+
+
+def test_mixed_frame_keeps_order_of_responses_and_events() -> None:
+    """One `a[...]` frame may carry responses and events mixed; all come out in order."""
+    frame = p.decode_frame(
+        b'a[{"s":200,"i":1,"d":{"users":[]}},'
+        b'{"e":"props","d":{"entityType":"position","eventType":"Updated","entity":{"id":5,"accountId":7}}},'
+        b'{"e":"shutdown","d":{"reasonCode":"Maintenance","reason":"bye"}}]'
+    )
+    assert isinstance(frame, p.MessagesFrame)
+    resp, props, shutdown = frame.messages
+    assert resp == p.Response(200, 1, {"users": []})
+    assert props == p.PropsEvent("position", "Updated", ({"id": 5, "accountId": 7},))
+    assert shutdown == p.ShutdownEvent("Maintenance", "bye")
+    assert not shutdown.quota
+
+
+def test_props_entity_list_is_flattened_into_entities() -> None:
+    """A props event whose `entity` is a list yields every entity."""
+    frame = p.decode_frame(
+        b'a[{"e":"props","d":{"entityType":"fill","eventType":"Created","entity":[{"id":1},{"id":2}]}}]'
+    )
+    assert isinstance(frame, p.MessagesFrame)
+    event = frame.messages[0]
+    assert isinstance(event, p.PropsEvent)
+    assert [e["id"] for e in event.entities] == [1, 2]
+
+
+def test_error_response_text_plain_and_json_quoted() -> None:
+    """Error `d` is text, sometimes JSON-quoted a second time; both give the plain text."""
+    frame = p.decode_frame(b'a[{"s":404,"i":3,"d":"Not found: x"},{"s":401,"i":4,"d":"\\"Invalid access token\\""}]')
+    assert isinstance(frame, p.MessagesFrame)
+    first, second = frame.messages
+    assert isinstance(first, p.Response) and isinstance(second, p.Response)
+    assert first.error_text == "Not found: x" and not first.ok
+    assert second.error_text == "Invalid access token"
+
+
+def test_success_without_data_and_missing_id() -> None:
+    """`{"s":200,"i":0}` is a success without data; a 429 without `i` still decodes."""
+    frame = p.decode_frame(b'a[{"s":200,"i":0},{"s":429}]')
+    assert isinstance(frame, p.MessagesFrame)
+    ok, limited = frame.messages
+    assert isinstance(ok, p.Response) and ok.ok and ok.data is None
+    assert isinstance(limited, p.Response) and limited.id is None and limited.status == 429
+
+
+def test_penalty_is_recognised_and_not_ok() -> None:
+    """A 200 carrying p-ticket/p-time is a penalty, not a success."""
+    frame = p.decode_frame(b'a[{"s":200,"i":7,"d":{"p-ticket":"Xy9","p-time":15,"p-captcha":true}}]')
+    assert isinstance(frame, p.MessagesFrame)
+    resp = frame.messages[0]
+    assert isinstance(resp, p.Response)
+    assert resp.penalty == p.Penalty("Xy9", 15.0, True)
+    assert not resp.ok
+
+
+def test_shutdown_quota_reasons_and_missing_payload() -> None:
+    """Quota shutdowns are flagged; a shutdown without payload still decodes."""
+    frame = p.decode_frame(b'a[{"e":"shutdown","d":{"reasonCode":"ConnectionQuotaReached"}},{"e":"shutdown"}]')
+    assert isinstance(frame, p.MessagesFrame)
+    quota, bare = frame.messages
+    assert isinstance(quota, p.ShutdownEvent) and quota.quota
+    assert bare == p.ShutdownEvent(None, None)
+
+
+def test_unknown_and_system_events_are_kept() -> None:
+    """Event kinds the codec does not know come out as SystemEvent with their payload."""
+    frame = p.decode_frame(b'a[{"e":"OtherEnvAdminAlertSignal","d":{"x":1}},{"e":"clock","d":"{\\"t\\":1}"}]')
+    assert isinstance(frame, p.MessagesFrame)
+    assert frame.messages == (
+        p.SystemEvent("OtherEnvAdminAlertSignal", {"x": 1}),
+        p.SystemEvent("clock", '{"t":1}'),
+    )
+
+
+def test_string_messages_holding_objects_are_accepted() -> None:
+    """A message sent as a JSON string holding an object decodes like the object."""
+    frame = p.decode_frame(b'a["{\\"s\\":200,\\"i\\":2}"]')
+    assert isinstance(frame, p.MessagesFrame)
+    assert frame.messages == (p.Response(200, 2, None),)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"x",
+        b"oo",
+        b"a",
+        b'a[{"s":',
+        b"a{}",
+        b"a[1]",
+        b'a[{"x":1}]',
+        b'a[{"s":"200","i":1}]',
+        b'a[{"s":200,"i":true}]',
+        b'a[{"e":1}]',
+        b'a[{"e":"props","d":{"entityType":"order","eventType":"Created","entity":{"name":"no id"}}}]',
+        b'a[{"e":"props","d":{"eventType":"Created","entity":{"id":1}}}]',
+        b'a[{"e":"props","d":[]}]',
+        b'a[{"s":200,"i":1,"d":{"p-ticket":5}}]',
+        b"a[\xff\xfe]",
+        b'c[1000,"a","b"]',
+        b'c["x"]',
+        b"c{",
+        b'a["not an object"]',
+    ],
+)
+def test_malformed_frames_raise_protocol_error_with_excerpt(raw: bytes) -> None:
+    """Every malformed frame raises ProtocolError carrying an excerpt, never another error."""
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode_frame(raw)
+    assert info.value.excerpt == p.excerpt(raw)
+
+
+def test_excerpt_is_bounded() -> None:
+    """A huge malformed frame yields a short excerpt, not the whole payload."""
+    raw = b"a[" + b"x" * 10_000_000
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode_frame(raw)
+    assert len(str(info.value)) < 300
+
+
+def test_encode_request_and_authorize() -> None:
+    """Requests are endpoint/id/query/body lines; authorize carries the raw token."""
+    assert p.encode_request("executionReport/list", 4) == "executionReport/list\n4\n\n"
+    assert p.encode_request("position/deps", 5, "masterid=70011") == "position/deps\n5\nmasterid=70011\n"
+    assert p.encode_request("user/syncrequest", 1, body={"users": [9]}) == 'user/syncrequest\n1\n\n{"users":[9]}'
+    assert p.encode_authorize(0, "tok") == "authorize\n0\n\ntok"
+    with pytest.raises(ValueError):
+        p.encode_request("/user/syncrequest", 1)
+    with pytest.raises(ValueError):
+        p.encode_authorize(0, "a\nb")
+
+
+def test_sync_request_body_sharded() -> None:
+    """The sharded body carries splitResponses, the expression and explicit entityTypes."""
+    body = p.sync_request_body(divisor=16, remainder=3, entity_types=["order", "fill"])
+    assert body == {
+        "splitResponses": True,
+        "entityTypes": ["order", "fill"],
+        "shardingExpression": {"expressionType": "modAccountId", "divisor": 16, "remainder": 3},
+    }
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"divisor": 4, "remainder": 1, "users": [1]},
+        {"divisor": 4, "remainder": 1, "accounts": [1]},
+        {"divisor": 4, "remainder": 4},
+        {"divisor": 0, "remainder": 0},
+        {"divisor": 4},
+        {"users": [1], "entity_types": ["order"]},
+        {"divisor": 2, "remainder": 0, "expression": "modFoo"},
+    ],
+)
+def test_sync_request_body_refuses_forbidden_combinations(kwargs: dict[str, object]) -> None:
+    """users/accounts with sharding, users with entityTypes and bad sharding are refused."""
+    with pytest.raises(ValueError):
+        p.sync_request_body(**kwargs)  # type: ignore[arg-type]
+
+
+def test_singular_names() -> None:
+    """Plural collections map to entity types, known and unknown (ies/ses/s rules)."""
+    assert p.singular("accountRiskStatuses") == "accountRiskStatus"
+    assert p.singular("currencies") == "currency"
+    assert p.singular("fillPairs") == "fillPair"
+    assert p.singular("adminAlertSignals") == "adminAlertSignal"
+    assert p.singular("userAccountPositionLimitStatuses") == "userAccountPositionLimitStatus"
+    assert p.singular("tradingPolicies") == "tradingPolicy"
+
+
+def test_snapshot_entities_skips_null_and_flags() -> None:
+    """Null collections and scalar flags contribute no entities; lists do."""
+    data = {"users": [{"id": 1}], "accounts": None, "positions": [{"id": 2}, {"id": 3}], "done": True}
+    assert list(p.snapshot_entities(data)) == [("user", {"id": 1}), ("position", {"id": 2}), ("position", {"id": 3})]
+    with pytest.raises(p.ProtocolError):
+        list(p.snapshot_entities({"users": [{"name": "x"}]}))
+    with pytest.raises(p.ProtocolError):
+        list(p.snapshot_entities([1]))
+
+
+def test_snapshot_end_markers() -> None:
+    """Empty bodies and flag-only bodies end a split snapshot; chunks with collections do not."""
+    assert p.is_snapshot_end({})
+    assert p.is_snapshot_end(None)
+    assert p.is_snapshot_end({"done": True})
+    assert not p.is_snapshot_end({"done": True, "users": []})
+    assert not p.is_snapshot_end({"users": [{"id": 1}]})
+    assert not p.is_snapshot_end({"done": False})
