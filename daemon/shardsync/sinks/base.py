@@ -102,6 +102,5 @@ def open_file(sink: str, path: str, flags: int) -> int:
 
 def dump_error(sink: str, where: str, change: Change, exc: Exception) -> SinkError:
     return SinkError(
-        f"{sink} sink: {where}: cannot serialize {change.entity_type} "
-        f"{change.event_type} id={change.id}: {exc}"
+        f"{sink} sink: {where}: cannot serialize {change.entity_type} {change.event_type} id={change.id}: {exc}"
     )

@@ -68,8 +68,7 @@ class JsonlSink(Sink):
             raise SinkError(f"jsonl sink: {self.file} is closed")
         if self._broken:
             raise SinkError(
-                f"jsonl sink: {self.file} may hold a partial batch that could not be "
-                "removed; reopen the sink"
+                f"jsonl sink: {self.file} may hold a partial batch that could not be removed; reopen the sink"
             )
         return self._fd
 
@@ -121,9 +120,7 @@ class JsonlSink(Sink):
             try:
                 self._truncate(fd, bad[1])
             except OSError as exc:
-                raise SinkError(
-                    f"jsonl sink: cannot recover {self.file}: {exc.strerror}"
-                ) from exc
+                raise SinkError(f"jsonl sink: cannot recover {self.file}: {exc.strerror}") from exc
             self.recovered_bytes += offset - bad[1]
         for (entity_type, ident), entity in state.items():
             yield entity_type, ident, entity
@@ -168,9 +165,7 @@ class JsonlSink(Sink):
             os.fdatasync(fd)
         except OSError as exc:
             self._undo(fd, start)
-            raise SinkError(
-                f"jsonl sink: {self.file}: batch of {len(changes)} not written: {exc.strerror}"
-            ) from exc
+            raise SinkError(f"jsonl sink: {self.file}: batch of {len(changes)} not written: {exc.strerror}") from exc
 
     def _undo(self, fd: int, start: int | None) -> None:
         if start is None:

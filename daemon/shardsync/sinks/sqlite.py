@@ -61,10 +61,7 @@ UPSERT = (
     "account_id = excluded.account_id, data = excluded.data, updated_at = excluded.updated_at"
 )
 DELETE = "DELETE FROM entities WHERE entity_type = ? AND id = ?"
-APPEND = (
-    "INSERT INTO events (received_at, origin, entity_type, event_type, id, data) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
-)
+APPEND = "INSERT INTO events (received_at, origin, entity_type, event_type, id, data) VALUES (?, ?, ?, ?, ?, ?)"
 
 #: Milliseconds to wait for a reader's lock (e.g. an operator's sqlite3 shell
 #: holding a checkpoint) before failing the batch; the worker then retries.
@@ -141,9 +138,7 @@ class SqliteSink(Sink):
             try:
                 entity = orjson.loads(data)
             except orjson.JSONDecodeError as exc:
-                raise SinkError(
-                    f"sqlite sink: {self.file}: corrupt data for {entity_type} id={ident}: {exc}"
-                ) from exc
+                raise SinkError(f"sqlite sink: {self.file}: corrupt data for {entity_type} id={ident}: {exc}") from exc
             yield entity_type, ident, entity
 
     def write(self, changes: Sequence[Change]) -> None:
@@ -160,9 +155,7 @@ class SqliteSink(Sink):
             conn.execute("COMMIT")
         except Exception as exc:
             self._rollback(conn)
-            raise SinkError(
-                f"sqlite sink: {self.file}: batch of {len(changes)} not written: {exc}"
-            ) from exc
+            raise SinkError(f"sqlite sink: {self.file}: batch of {len(changes)} not written: {exc}") from exc
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         try:
@@ -200,9 +193,7 @@ class SqliteSink(Sink):
             if change.origin == "system":
                 continue
             if change.id is None:
-                raise SinkError(
-                    f"sqlite sink: {self.file}: {change.entity_type} {change.event_type} has no id"
-                )
+                raise SinkError(f"sqlite sink: {self.file}: {change.entity_type} {change.event_type} has no id")
             statement: str
             row: Row
             if change.event_type in UPSERT_EVENTS:

@@ -1,0 +1,472 @@
+"""The sqlite and jsonl sinks: schema, round trips, atomicity, single writer, recovery."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from shardsync.change import Change
+from shardsync.sinks import SinkError, open_sink, shard_file_name
+from shardsync.sinks import jsonl as jsonl_module
+from shardsync.sinks.base import Sink
+from shardsync.sinks.jsonl import JsonlSink
+from shardsync.sinks.sqlite import SqliteSink
+
+KINDS = ["sqlite", "jsonl"]
+SUFFIX = {"sqlite": "sqlite3", "jsonl": "jsonl"}
+AT = "2024-05-01T12:00:00.000Z"
+
+
+def change(
+    event_type: str,
+    entity: Any,
+    *,
+    entity_type: str = "account",
+    origin: str = "live",
+    at: str = AT,
+) -> Change:
+    ident = entity.get("id") if isinstance(entity, dict) and origin != "system" else None
+    return Change(origin, entity_type, event_type, ident, entity, at)  # type: ignore[arg-type]
+
+
+def account(ident: int, **fields: Any) -> dict[str, Any]:
+    return {"id": ident, "name": f"acc{ident}", **fields}
+
+
+def open_(kind: str, directory: Path, remainder: int = 3, divisor: int = 16) -> Sink:
+    return open_sink(kind, path=str(directory), remainder=remainder, divisor=divisor)
+
+
+def state(sink: Sink) -> dict[tuple[str, int], dict[str, Any]]:
+    return {(entity_type, ident): entity for entity_type, ident, entity in sink.load()}
+
+
+def shard_file(kind: str, directory: Path) -> Path:
+    return directory / shard_file_name(3, 16, SUFFIX[kind])
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "nested"
+
+
+def test_shard_file_name_pads_to_three_digits() -> None:
+    """Remainder and divisor are zero-padded to three digits as the contract says."""
+    assert shard_file_name(3, 16, "sqlite3") == "shard-003-of-016.sqlite3"
+    assert shard_file_name(0, 1, "jsonl") == "shard-000-of-001.jsonl"
+    assert shard_file_name(998, 999, "jsonl") == "shard-998-of-999.jsonl"
+
+
+def test_shard_file_name_widens_for_large_divisors() -> None:
+    """Divisors above 999 widen both numbers so names still sort and never collide."""
+    assert shard_file_name(5, 1000, "sqlite3") == "shard-0005-of-1000.sqlite3"
+
+
+@pytest.mark.parametrize(("remainder", "divisor"), [(16, 16), (-1, 4), (0, 0)])
+def test_shard_file_name_rejects_impossible_shards(remainder: int, divisor: int) -> None:
+    """A remainder outside 0..divisor-1 is a programming error, not a file name."""
+    with pytest.raises(ValueError, match="invalid shard"):
+        shard_file_name(remainder, divisor, "jsonl")
+
+
+def test_unknown_kind_is_a_sink_error(tmp_path: Path) -> None:
+    """An unknown sink kind fails with a message listing the valid ones."""
+    with pytest.raises(SinkError, match="sqlite, jsonl, postgres"):
+        open_sink("csv", path=str(tmp_path), remainder=0, divisor=1)
+
+
+def test_open_creates_private_directory_and_named_file(kind: str, directory: Path) -> None:
+    """Opening creates the missing directory (no access for others) and the shard's file."""
+    with open_(kind, directory):
+        assert directory.is_dir()
+        assert stat.S_IMODE(directory.stat().st_mode) & 0o007 == 0
+        assert shard_file(kind, directory).is_file()
+
+
+def test_files_are_not_world_readable(kind: str, directory: Path) -> None:
+    """Every file the sink creates (including SQLite's WAL and lock files) is closed to others."""
+    with open_(kind, directory) as sink:
+        sink.write([change("Created", account(1))])
+        files = list(directory.iterdir())
+        assert len(files) >= 2 if kind == "sqlite" else len(files) == 1
+        for file in files:
+            assert stat.S_IMODE(file.stat().st_mode) & 0o007 == 0, file
+
+
+def test_round_trip_applies_upserts_and_deletes(kind: str, directory: Path) -> None:
+    """Created/Updated upsert, Deleted removes, and load returns the resulting state."""
+    with open_(kind, directory) as sink:
+        assert state(sink) == {}
+        sink.write(
+            [
+                change("Created", account(1)),
+                change("Created", account(2)),
+                change("Created", {"id": 10, "accountId": 1, "netPos": 3}, entity_type="position"),
+            ]
+        )
+        sink.write(
+            [
+                change("Updated", account(1, name="renamed")),
+                change("Deleted", account(2)),
+                change("Created", account(1, name="again"), origin="resync"),
+                change("Deleted", account(99)),
+            ]
+        )
+        assert state(sink) == {
+            ("account", 1): account(1, name="again"),
+            ("position", 10): {"id": 10, "accountId": 1, "netPos": 3},
+        }
+
+
+def test_order_within_a_batch_is_kept(kind: str, directory: Path) -> None:
+    """A delete followed by a re-create of the same id in one batch ends with the entity present."""
+    with open_(kind, directory) as sink:
+        sink.write(
+            [
+                change("Created", account(1)),
+                change("Deleted", account(1)),
+                change("Created", account(1, name="back")),
+                change("Updated", account(2)),
+                change("Deleted", account(2)),
+            ]
+        )
+        assert state(sink) == {("account", 1): account(1, name="back")}
+
+
+def test_system_events_do_not_touch_entities(kind: str, directory: Path) -> None:
+    """A system event is logged but never creates, changes or removes an entity."""
+    with open_(kind, directory) as sink:
+        sink.write([change("Created", account(1))])
+        sink.write(
+            [
+                change("Event", {"id": 1, "text": "liquidating"}, entity_type="account", origin="system"),
+                change("Event", [1, 2, 3], entity_type="alertSignal", origin="system"),
+                change("Event", None, entity_type="shutdown", origin="system"),
+            ]
+        )
+        assert state(sink) == {("account", 1): account(1)}
+
+
+def test_reopen_after_close_loads_the_same_state(kind: str, directory: Path) -> None:
+    """What one sink committed, the next sink on the same shard loads back exactly."""
+    sink = open_(kind, directory)
+    sink.write([change("Created", account(i, nested={"x": [i, None, 1.5]})) for i in range(50)])
+    sink.write([change("Deleted", account(i)) for i in range(0, 50, 2)])
+    before = state(sink)
+    sink.close()
+    with open_(kind, directory) as again:
+        assert state(again) == before
+        assert len(before) == 25
+
+
+def test_close_is_idempotent_and_write_after_close_fails(kind: str, directory: Path) -> None:
+    """close() may be called twice, and a closed sink refuses writes loudly."""
+    sink = open_(kind, directory)
+    sink.close()
+    sink.close()
+    with pytest.raises(SinkError, match="closed"):
+        sink.write([change("Created", account(1))])
+
+
+def test_unserializable_entity_fails_the_whole_batch(kind: str, directory: Path) -> None:
+    """A change that cannot be serialised midway leaves none of its batch behind and the sink usable."""
+    with open_(kind, directory) as sink:
+        sink.write([change("Created", account(1))])
+        size = shard_file(kind, directory).stat().st_size
+        bad = [
+            change("Updated", account(1, name="lost")),
+            change("Created", account(2, blob=object())),
+            change("Created", account(3)),
+        ]
+        with pytest.raises(SinkError, match=r"cannot serialize account Created id=2"):
+            sink.write(bad)
+        assert state(sink) == {("account", 1): account(1)}
+        if kind == "jsonl":
+            assert shard_file(kind, directory).stat().st_size == size
+        sink.write([change("Created", account(4))])
+        assert set(state(sink)) == {("account", 1), ("account", 4)}
+
+
+@pytest.mark.parametrize("other", KINDS)
+def test_second_writer_in_same_process_is_refused(kind: str, other: str, directory: Path) -> None:
+    """A second open of the same shard file conflicts even within one process (flock is per open)."""
+    with open_(kind, directory):
+        if other == kind:
+            with pytest.raises(SinkError, match="is in use by another process"):
+                open_(kind, directory)
+        else:
+            # Different kinds are different files and do not conflict.
+            open_(other, directory).close()
+        # Another shard in the same directory is a different file.
+        open_(kind, directory, remainder=4).close()
+
+
+SECOND_WRITER = textwrap.dedent(
+    """
+    import sys
+    from shardsync.sinks import SinkError, open_sink
+    try:
+        open_sink(sys.argv[1], path=sys.argv[2], remainder=3, divisor=16).close()
+    except SinkError as exc:
+        print(exc)
+        sys.exit(3)
+    """
+)
+
+
+def run_second_writer(kind: str, directory: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", SECOND_WRITER, kind, str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_second_writer_in_another_process_is_refused(kind: str, directory: Path) -> None:
+    """Another process cannot open a shard file while a writer holds it, and can once it is closed."""
+    sink = open_(kind, directory)
+    refused = run_second_writer(kind, directory)
+    assert refused.returncode == 3, refused.stderr
+    assert "is in use by another process" in refused.stdout
+    assert str(shard_file(kind, directory)) in refused.stdout
+    sink.close()
+    allowed = run_second_writer(kind, directory)
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+
+
+# --- sqlite -----------------------------------------------------------------
+
+
+def test_sqlite_schema_is_exactly_the_contract(directory: Path) -> None:
+    """The two tables have exactly the public columns, types and keys, in WAL mode."""
+    with open_("sqlite", directory):
+        db = sqlite3.connect(shard_file("sqlite", directory))
+        try:
+            columns = {
+                table: [(name, type_, pk) for _, name, type_, _, _, pk in db.execute(f"PRAGMA table_info({table})")]
+                for table in ("entities", "events")
+            }
+            mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+        finally:
+            db.close()
+    assert columns == {
+        "entities": [
+            ("entity_type", "TEXT", 1),
+            ("id", "INTEGER", 2),
+            ("account_id", "INTEGER", 0),
+            ("data", "TEXT", 0),
+            ("updated_at", "TEXT", 0),
+        ],
+        "events": [
+            ("seq", "INTEGER", 1),
+            ("received_at", "TEXT", 0),
+            ("origin", "TEXT", 0),
+            ("entity_type", "TEXT", 0),
+            ("event_type", "TEXT", 0),
+            ("id", "INTEGER", 0),
+            ("data", "TEXT", 0),
+        ],
+    }
+    assert mode == "wal"
+
+
+def test_sqlite_synchronous_is_normal(directory: Path) -> None:
+    """The writer connection runs synchronous=NORMAL (durable against process crash in WAL)."""
+    with open_("sqlite", directory) as sink:
+        assert isinstance(sink, SqliteSink)
+        conn = sink._connection()
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+
+
+def rows(directory: Path, query: str) -> list[tuple[Any, ...]]:
+    db = sqlite3.connect(shard_file("sqlite", directory))
+    try:
+        return db.execute(query).fetchall()
+    finally:
+        db.close()
+
+
+def test_sqlite_rows_hold_account_data_and_event_log(directory: Path) -> None:
+    """entities carries account_id/updated_at and events logs every change in order, system ones too."""
+    with open_("sqlite", directory) as sink:
+        sink.write(
+            [
+                change("Created", account(7), at="t1"),
+                change("Created", {"id": 3, "accountId": 7}, entity_type="order", at="t2"),
+                change("Event", {"kind": "alert"}, entity_type="alertSignal", origin="system", at="t3"),
+                change("Deleted", account(7), at="t4"),
+                change("Updated", {"id": 3, "accountId": 7, "x": 1}, entity_type="order", at="t5"),
+            ]
+        )
+    assert rows(directory, "SELECT * FROM entities") == [("order", 3, 7, '{"id":3,"accountId":7,"x":1}', "t5")]
+    assert rows(directory, "SELECT * FROM events ORDER BY seq") == [
+        (1, "t1", "live", "account", "Created", 7, '{"id":7,"name":"acc7"}'),
+        (2, "t2", "live", "order", "Created", 3, '{"id":3,"accountId":7}'),
+        (3, "t3", "system", "alertSignal", "Event", None, '{"kind":"alert"}'),
+        (4, "t4", "live", "account", "Deleted", 7, '{"id":7,"name":"acc7"}'),
+        (5, "t5", "live", "order", "Updated", 3, '{"id":3,"accountId":7,"x":1}'),
+    ]
+
+
+def test_sqlite_failure_inside_the_transaction_rolls_everything_back(directory: Path) -> None:
+    """A statement failing after others ran in the transaction leaves no partial rows."""
+    with open_("sqlite", directory) as sink:
+        sink.write([change("Created", account(1))])
+        db = sqlite3.connect(shard_file("sqlite", directory), isolation_level=None)
+        # Entity rows are written before event rows, so this fails late in the batch.
+        db.execute(
+            "CREATE TRIGGER boom BEFORE INSERT ON events WHEN NEW.id = 666 BEGIN SELECT RAISE(ABORT, 'injected'); END"
+        )
+        batch = [change("Updated", account(1, name="x")), change("Created", account(666))]
+        with pytest.raises(SinkError, match="batch of 2 not written: injected"):
+            sink.write(batch)
+        assert state(sink) == {("account", 1): account(1)}
+        assert rows(directory, "SELECT count(*) FROM events") == [(1,)]
+        db.execute("DROP TRIGGER boom")
+        db.close()
+        sink.write(batch)
+        assert set(state(sink)) == {("account", 1), ("account", 666)}
+
+
+def test_sqlite_recovers_from_a_dead_connection(directory: Path) -> None:
+    """If the connection dies under it, write raises SinkError and the next write reconnects."""
+    with open_("sqlite", directory) as sink:
+        assert isinstance(sink, SqliteSink)
+        sink._connection().close()
+        with pytest.raises(SinkError, match="not written"):
+            sink.write([change("Created", account(1))])
+        sink.write([change("Created", account(2))])
+        assert set(state(sink)) == {("account", 2)}
+
+
+def test_sqlite_refuses_entity_change_without_id(directory: Path) -> None:
+    """A non-system change with no id is refused, not silently stored or dropped."""
+    with open_("sqlite", directory) as sink:
+        with pytest.raises(SinkError, match="has no id"):
+            sink.write([Change("live", "account", "Created", None, {}, AT)])
+        with pytest.raises(SinkError, match="unknown event type 'Mangled'"):
+            sink.write([Change("live", "account", "Mangled", 1, {"id": 1}, AT)])
+        assert rows(directory, "SELECT count(*) FROM events") == [(0,)]
+
+
+# --- jsonl ------------------------------------------------------------------
+
+
+def lines(directory: Path) -> list[dict[str, Any]]:
+    data = shard_file("jsonl", directory).read_bytes()
+    return [orjson.loads(line) for line in data.splitlines()]
+
+
+def test_jsonl_lines_have_exactly_the_contract_keys(directory: Path) -> None:
+    """Each change is one line with exactly origin, entityType, eventType, entity, receivedAt."""
+    with open_("jsonl", directory) as sink:
+        sink.write(
+            [
+                change("Created", account(1), at="t1"),
+                change("Event", {"a": 1}, entity_type="alertSignal", origin="system", at="t2"),
+            ]
+        )
+    assert lines(directory) == [
+        {
+            "origin": "live",
+            "entityType": "account",
+            "eventType": "Created",
+            "entity": account(1),
+            "receivedAt": "t1",
+        },
+        {
+            "origin": "system",
+            "entityType": "alertSignal",
+            "eventType": "Event",
+            "entity": {"a": 1},
+            "receivedAt": "t2",
+        },
+    ]
+    assert [list(line) for line in lines(directory)] == [list(jsonl_module.KEYS)] * 2
+
+
+@pytest.mark.parametrize("tail", [b'{"origin":"li', b"\x00\x00\x00", b'{"origin":"live"}\n', b"\x00\x00\n"])
+def test_jsonl_torn_last_line_is_cut_off(directory: Path, tail: bytes) -> None:
+    """A torn or garbage last line (crash mid-append) is trimmed, counted, and the log stays usable."""
+    with open_("jsonl", directory) as sink:
+        sink.write([change("Created", account(1)), change("Created", account(2))])
+    path = shard_file("jsonl", directory)
+    good = path.stat().st_size
+    with path.open("ab") as file:
+        file.write(tail)
+    with open_("jsonl", directory) as sink:
+        assert isinstance(sink, JsonlSink)
+        assert state(sink) == {("account", 1): account(1), ("account", 2): account(2)}
+        assert sink.recovered_bytes == len(tail)
+        assert path.stat().st_size == good
+        sink.write([change("Deleted", account(1))])
+    with open_("jsonl", directory) as sink:
+        assert isinstance(sink, JsonlSink)
+        assert state(sink) == {("account", 2): account(2)}
+        assert sink.recovered_bytes == 0
+
+
+def test_jsonl_corruption_before_the_last_line_is_an_error(directory: Path) -> None:
+    """Damage in the middle of the log is reported, never skipped."""
+    with open_("jsonl", directory) as sink:
+        sink.write([change("Created", account(1))])
+    path = shard_file("jsonl", directory)
+    with path.open("ab") as file:
+        file.write(b"garbage\n")
+    with open_("jsonl", directory) as sink:
+        sink.write([change("Created", account(2))])
+        with pytest.raises(SinkError, match=r"line 2: invalid JSON"):
+            state(sink)
+
+
+def test_jsonl_refuses_entity_without_matching_id(directory: Path) -> None:
+    """A change whose entity does not carry its id is refused, since replay could not key it."""
+    with open_("jsonl", directory) as sink:
+        with pytest.raises(SinkError, match="entity must be an object carrying that id"):
+            sink.write([Change("live", "account", "Deleted", 5, {"name": "x"}, AT)])
+        with pytest.raises(SinkError, match="unknown event type"):
+            sink.write([Change("live", "account", "Mangled", 5, {"id": 5}, AT)])
+    assert shard_file("jsonl", directory).stat().st_size == 0
+
+
+def test_jsonl_failed_append_is_cut_back(directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An append that fails halfway (disk full) is truncated away and the next batch lands cleanly."""
+    with open_("jsonl", directory) as sink:
+        sink.write([change("Created", account(1))])
+        size = shard_file("jsonl", directory).stat().st_size
+        real_write = os.write
+        target = sink._fd  # type: ignore[attr-defined]
+
+        def half_then_full(fd: int, data: Any) -> int:
+            if fd != target:
+                return real_write(fd, data)
+            if len(data) > 10:
+                return real_write(fd, bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(os, "write", half_then_full)
+        with pytest.raises(SinkError, match="No space left on device"):
+            sink.write([change("Created", account(2)), change("Created", account(3))])
+        monkeypatch.undo()
+        assert shard_file("jsonl", directory).stat().st_size == size
+        sink.write([change("Created", account(4))])
+    with open_("jsonl", directory) as sink:
+        assert set(state(sink)) == {("account", 1), ("account", 4)}
