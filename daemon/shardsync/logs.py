@@ -1,0 +1,449 @@
+"""structlog setup: JSON lines (journald, files, pipes) or console (a tty).
+
+One pure structlog pipeline, no stdlib handler for our own records:
+
+    contextvars -> level -> UTC timestamp -> pid -> stack/exception (no locals)
+    -> redaction -> JSON (orjson) or console
+
+Every record reaches the stream with **one** ``write`` (newline included) and
+a JSON record is kept below :data:`MAX_RECORD_BYTES` (``PIPE_BUF``), so lines
+from the parent and many forked workers sharing one pipe never interleave.
+Long strings and lists are cut (``"truncated": true`` is added); the
+exception type and the start of its message survive.
+
+Third-party stdlib loggers (websocket-client, websockets, psycopg) are routed
+through :class:`structlog.stdlib.ProcessorFormatter` into the same shape.
+
+Secrets: values under secret-looking keys are replaced by ``***`` anywhere in
+the record; every registered secret string (:func:`register_secret`) is
+replaced inside any string, after exceptions were rendered to text.
+
+Loggers are never cached (``cache_logger_on_first_use=False``): a worker calls
+:func:`reconfigure_after_fork` right after fork.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import sys
+import threading
+from collections.abc import Iterable, Mapping
+from typing import IO, Any, Final
+
+import orjson
+import structlog
+from structlog._config import BoundLoggerLazyProxy
+from structlog.dev import ConsoleRenderer, plain_traceback
+from structlog.processors import ExceptionRenderer, JSONRenderer, StackInfoRenderer, TimeStamper
+from structlog.tracebacks import ExceptionDictTransformer
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+__all__ = [
+    "MASK",
+    "MAX_RECORD_BYTES",
+    "add_pid",
+    "clear_secrets",
+    "configure_logging",
+    "get_logger",
+    "reconfigure_after_fork",
+    "redact",
+    "redact_text",
+    "register_secret",
+]
+
+MASK: Final = "***"
+#: a whole record, newline included, is shorter than this (PIPE_BUF on Linux)
+MAX_RECORD_BYTES: Final = 4096
+MIN_SECRET_LEN: Final = 4
+
+_LEVELS: Final = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+# Keys whose values are always masked, compared lowercased with "_", "-" and
+# spaces removed; the first group also matches as a suffix (db_password,
+# refresh_token, client_secret, ...).
+_SECRET_SUFFIXES: Final = ("password", "passwd", "secret", "token", "dsn")
+_SECRET_KEYS: Final = frozenset(
+    {*_SECRET_SUFFIXES, "sec", "accesstoken", "mdaccesstoken", "authorization", "pticket", "credentials"}
+)
+# structlog/logging internals that must reach the renderers untouched
+_PASSTHROUGH_KEYS: Final = frozenset({"exc_info", "_record", "_from_structlog"})
+
+
+# --------------------------------------------------------------------------
+# secrets and redaction
+
+_secrets: set[str] = set()
+_secret_re: re.Pattern[str] | None = None
+_secrets_lock = threading.Lock()
+
+
+def register_secret(value: str) -> None:
+    """Mask *value* wherever it appears in later records (ignored below 4 chars)."""
+    global _secret_re  # noqa: PLW0603 - one process-wide registry, by design
+    if not isinstance(value, str) or len(value) < MIN_SECRET_LEN or value in _secrets:
+        return
+    with _secrets_lock:
+        _secrets.add(value)
+        ordered = sorted(_secrets, key=len, reverse=True)  # longest first: no partial leaks
+        _secret_re = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def clear_secrets() -> None:
+    """Forget every registered secret (tests; a process that dropped its credentials)."""
+    global _secret_re  # noqa: PLW0603
+    with _secrets_lock:
+        _secrets.clear()
+        _secret_re = None
+
+
+def redact_text(text: str) -> str:
+    """*text* with every registered secret replaced by ``***``."""
+    pattern = _secret_re
+    return pattern.sub(MASK, text) if pattern is not None else text
+
+
+def _is_secret_key(key: str) -> bool:
+    norm = key.lower().replace("_", "").replace("-", "").replace(" ", "")
+    return norm in _SECRET_KEYS or norm.endswith(_SECRET_SUFFIXES)
+
+
+def _redact_value(value: object) -> object:
+    if isinstance(value, str):
+        return redact_text(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, Mapping):
+        return _redact_mapping(value)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_redact_value(v) for v in value]
+    if isinstance(value, (bytes, bytearray)):
+        return redact_text(bytes(value).decode("utf-8", "backslashreplace"))
+    # anything else is rendered to text here, so the text is scrubbed too
+    return redact_text(str(value))
+
+
+def _redact_mapping(mapping: Mapping[Any, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        skey = redact_text(key if isinstance(key, str) else str(key))
+        if key in _PASSTHROUGH_KEYS:
+            out[skey] = value
+        elif _is_secret_key(skey):
+            out[skey] = MASK
+        else:
+            out[skey] = _redact_value(value)
+    return out
+
+
+def redact(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
+    """Processor: mask secret-keyed values (recursively) and registered secret strings."""
+    return _redact_mapping(event_dict)
+
+
+def add_pid(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
+    """Processor: the pid at call time (workers fork; never cached)."""
+    event_dict["pid"] = os.getpid()
+    return event_dict
+
+
+# --------------------------------------------------------------------------
+# JSON serialization under PIPE_BUF
+
+_JSON_OPTS: Final = orjson.OPT_NON_STR_KEYS
+_LIMIT: Final = MAX_RECORD_BYTES - 1  # room for the newline
+# (longest string, most list items) tried in turn until the record fits
+_CLIP_STEPS: Final = ((1024, 32), (512, 16), (256, 8), (128, 6), (64, 4), (32, 4))
+_LEADING_KEYS: Final = ("timestamp", "level", "event")
+_KEEP_ON_OVERFLOW: Final = ("timestamp", "level", "event", "logger", "pid", "shard", "divisor")
+
+
+def _clip(value: object, max_str: int, max_items: int) -> object:
+    if isinstance(value, str):
+        if len(value) > max_str:
+            return f"{value[:max_str]}…[truncated {len(value) - max_str} chars]"
+        return value
+    if isinstance(value, dict):
+        return {k: _clip(v, max_str, max_items) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+        if len(items) > max_items:
+            head = max_items // 2
+            tail = max_items - head
+            cut = len(items) - max_items
+            items = [*items[:head], f"…[truncated {cut} items]", *items[len(items) - tail :]]
+        return [_clip(v, max_str, max_items) for v in items]
+    return value
+
+
+def _exception_summary(exc: object) -> str | None:
+    # (the first entry of ExceptionDictTransformer's list is the one raised)
+    if isinstance(exc, list) and exc and isinstance(exc[0], dict):
+        raised = exc[0]
+        return f"{raised.get('exc_type', '?')}: {raised.get('exc_value', '')}"
+    if isinstance(exc, str):
+        lines = exc.strip().splitlines()
+        return lines[-1] if lines else None
+    return None
+
+
+def _dumps(obj: object) -> bytes:
+    try:
+        return orjson.dumps(obj, default=str, option=_JSON_OPTS)
+    except (TypeError, orjson.JSONEncodeError):
+        # e.g. an int beyond 64 bits: stringify what orjson refuses
+        return orjson.dumps(_stringify(obj), option=_JSON_OPTS)
+
+
+def _stringify(value: object) -> object:
+    if isinstance(value, dict):
+        return {str(k): _stringify(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_stringify(v) for v in value]
+    if value is None or isinstance(value, (bool, float, str)):
+        return value
+    return str(value)
+
+
+def serialize(event_dict: Mapping[str, Any], **_: Any) -> bytes:
+    """One JSON record (no newline), guaranteed shorter than ``MAX_RECORD_BYTES - 1``."""
+    # timestamp, level and event lead: easier on the eye in journalctl/less
+    event_dict = {**{k: event_dict[k] for k in _LEADING_KEYS if k in event_dict}, **event_dict}
+    data = _dumps(event_dict)
+    if len(data) < _LIMIT:
+        return data
+    for max_str, max_items in _CLIP_STEPS:
+        clipped = _clip(dict(event_dict), max_str, max_items)
+        assert isinstance(clipped, dict)
+        clipped["truncated"] = True
+        data = _dumps(clipped)
+        if len(data) < _LIMIT:
+            return data
+    # too many keys: keep the essentials and the exception's type and message
+    minimal: dict[str, object] = {k: event_dict[k] for k in _KEEP_ON_OVERFLOW if k in event_dict}
+    dropped = len(event_dict) - len(minimal)
+    summary = _exception_summary(event_dict.get("exception"))
+    if summary is not None:
+        minimal["exception"] = summary
+    minimal["truncated"] = True
+    minimal["dropped_keys"] = dropped
+    data = _dumps(_clip(minimal, 256, 4))
+    if len(data) < _LIMIT:
+        return data
+    return _dumps({"event": "log record too large", "truncated": True, "pid": os.getpid()})
+
+
+# --------------------------------------------------------------------------
+# output: one write per record
+
+
+class _Writer:
+    """Writes one record with one ``os.write`` (or one ``stream.write``)."""
+
+    def __init__(self, stream: IO[Any]) -> None:
+        self.stream = stream
+        self.fd: int | None = None
+        self.text = isinstance(stream, io.TextIOBase)
+        try:
+            self.fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            self.fd = None
+        if self.fd is not None:
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()  # nothing of the stream's own buffer may follow our lines
+
+    def write(self, line: bytes) -> None:
+        try:
+            if self.fd is not None:
+                view = memoryview(line)
+                while view:  # one call unless a regular file takes a short write
+                    written = os.write(self.fd, view)
+                    view = view[written:]
+            elif self.text:
+                self.stream.write(line.decode("utf-8", "replace"))
+                self.stream.flush()
+            else:
+                self.stream.write(line)
+                self.stream.flush()
+        except (OSError, ValueError):
+            pass  # nowhere left to report it; a logger must not crash the daemon
+
+
+class LineLogger:
+    """The wrapped logger: every method writes its message plus ``\\n`` at once."""
+
+    def __init__(self, writer: _Writer) -> None:
+        self._writer = writer
+
+    def msg(self, message: str | bytes) -> None:
+        """Write *message* as one line."""
+        data = message if isinstance(message, bytes) else message.encode("utf-8", "replace")
+        self._writer.write(data + b"\n")
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = failure = msg
+
+
+class _LineHandler(logging.Handler):
+    """Root handler for third-party stdlib loggers, writing through the same writer."""
+
+    def __init__(self, writer: _Writer) -> None:
+        super().__init__()
+        self._writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+        except Exception:  # never raise out of logging
+            self.handleError(record)
+            return
+        self._writer.write(text.encode("utf-8", "replace") + b"\n")
+
+
+class _ScrubbedConsole:
+    """ConsoleRenderer without locals; registered secrets scrubbed from the final text."""
+
+    def __init__(self, colors: bool) -> None:
+        self._renderer = ConsoleRenderer(colors=colors, exception_formatter=plain_traceback)
+
+    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
+        return redact_text(self._renderer(logger, name, event_dict))
+
+
+# --------------------------------------------------------------------------
+# configuration
+
+_state: dict[str, Any] = {}
+_handler: logging.Handler | None = None
+
+
+def _isatty(stream: IO[Any]) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def configure_logging(
+    *,
+    fmt: str = "auto",
+    level: str = "info",
+    stream: IO[Any] | None = None,
+    secrets: Iterable[str] = (),
+    lib_level: str = "warning",
+) -> None:
+    """Configure structlog and route stdlib logging into it.
+
+    *fmt* is ``json``, ``console`` or ``auto`` (console on a tty); *stream*
+    defaults to ``sys.stderr`` at call time. Third-party stdlib loggers pass
+    at *lib_level* or above (never below *level*). Safe to call again.
+    """
+    global _handler  # noqa: PLW0603 - the one root handler we own
+    out = sys.stderr if stream is None else stream
+    fmt = fmt.lower()
+    if fmt not in ("json", "console", "auto"):
+        raise ValueError(f"unknown log format {fmt!r}")
+    try:
+        min_level = _LEVELS[level.lower()]
+        min_lib_level = max(_LEVELS[lib_level.lower()], min_level)
+    except KeyError as exc:
+        raise ValueError(f"unknown log level {exc.args[0]!r}") from None
+    for secret in secrets:
+        register_secret(secret)
+    _state.update(fmt=fmt, level=level, stream=stream, lib_level=lib_level)
+
+    console = fmt == "console" or (fmt == "auto" and _isatty(out))
+    writer = _Writer(out)
+    line_logger = LineLogger(writer)
+    stamp = TimeStamper(fmt="iso", utc=True)
+
+    exc_renderer: Processor
+    renderer: Processor
+    lib_renderer: Processor
+    if console:
+        # ConsoleRenderer formats exc_info itself (plain traceback, no locals)
+        exc_renderer = _identity
+        renderer = lib_renderer = _ScrubbedConsole(colors=_isatty(out))
+    else:
+        exc_renderer = ExceptionRenderer(ExceptionDictTransformer(show_locals=False, use_rich=False))
+        renderer = JSONRenderer(serializer=serialize)
+        lib_renderer = JSONRenderer(serializer=_serialize_text)
+
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            stamp,
+            add_pid,
+            StackInfoRenderer(),
+            exc_renderer,
+            redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(min_level),
+        logger_factory=lambda *_args: line_logger,
+        context_class=dict,
+        cache_logger_on_first_use=False,
+    )
+
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.add_log_level,
+            stamp,
+            add_pid,
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            StackInfoRenderer(),
+            exc_renderer,
+            redact,
+            lib_renderer,
+        ],
+    )
+    handler = _LineHandler(writer)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    if _handler is not None:
+        root.removeHandler(_handler)
+    root.addHandler(handler)
+    root.setLevel(min_lib_level)
+    _handler = handler
+    logging.captureWarnings(True)
+
+
+def _identity(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
+    return event_dict
+
+
+def _serialize_text(event_dict: Mapping[str, Any], **_: Any) -> str:
+    return serialize(event_dict).decode("utf-8")
+
+
+def reconfigure_after_fork(shard: int, divisor: int) -> None:
+    """In a freshly forked worker: drop the inherited context, re-apply the config, bind the shard."""
+    structlog.contextvars.clear_contextvars()
+    if _state:
+        configure_logging(
+            fmt=_state["fmt"], level=_state["level"], stream=_state["stream"], lib_level=_state["lib_level"]
+        )
+    structlog.contextvars.bind_contextvars(shard=shard, divisor=divisor)
+
+
+def get_logger(name: str | None = None) -> Any:
+    """A structlog logger (lazy: it follows later reconfiguration), optionally named."""
+    if name is None:
+        return structlog.get_logger()
+    # not get_logger().bind(): binding a lazy proxy freezes today's configuration
+    # (and ``logger`` cannot be passed to get_logger as a keyword)
+    return BoundLoggerLazyProxy(None, initial_values={"logger": name})
