@@ -1,0 +1,191 @@
+"""Every message between the parent and its workers, and their framing on a pipe.
+
+A frame is a 4-byte big-endian length followed by an orjson object whose
+``"t"`` names the message type.  Messages stay far below ``PIPE_BUF`` so a
+single ``write`` is atomic.  Secrets (the token) travel only here.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar, Final
+
+import orjson
+
+MAX_FRAME: Final = 1 << 20
+_HEADER = struct.Struct(">I")
+
+
+class IPCError(Exception):
+    """A malformed or oversized frame on a parent/worker pipe."""
+
+
+# --- worker -> parent ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First message of a worker: who it is."""
+
+    TYPE: ClassVar[str] = "hello"
+    remainder: int
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Sent from the worker's own loop every ``heartbeat_interval`` seconds.
+
+    ``busy_for`` announces a blocking step (a handshake, a large commit) that
+    may delay the next heartbeat by that many seconds.
+    """
+
+    TYPE: ClassVar[str] = "heartbeat"
+    state: str
+    connected_since: float | None
+    last_frame_age: float | None
+    frames: int
+    events: int
+    entities: int
+    reconnects: int
+    last_error: str | None
+    busy_for: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class NeedToken:
+    """The worker's authorize was refused (401): it needs a fresh token."""
+
+    TYPE: ClassVar[str] = "need_token"
+    rejected: str  # a short fingerprint of the refused token, never the token
+
+
+@dataclass(frozen=True, slots=True)
+class NeedPermit:
+    """The worker wants to (re)connect and waits for a connect permit."""
+
+    TYPE: ClassVar[str] = "need_permit"
+
+
+# --- parent -> worker ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """The current access token, sent at start and after every renewal."""
+
+    TYPE: ClassVar[str] = "token"
+    value: str
+    expires_at: float
+
+    def __repr__(self) -> str:
+        return f"Token(value='***', expires_at={self.expires_at!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    """Permission to open one connection now."""
+
+    TYPE: ClassVar[str] = "permit"
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Close the session cleanly, flush the sink and exit."""
+
+    TYPE: ClassVar[str] = "stop"
+
+
+Message = Hello | Heartbeat | NeedToken | NeedPermit | Token | Permit | Stop
+
+_TYPES: Final[dict[str, type[Any]]] = {
+    cls.TYPE: cls for cls in (Hello, Heartbeat, NeedToken, NeedPermit, Token, Permit, Stop)
+}
+
+
+def encode(message: Message) -> bytes:
+    """One frame holding ``message``."""
+    body = orjson.dumps({"t": message.TYPE, **asdict(message)})
+    if len(body) > MAX_FRAME:
+        raise IPCError(f"{message.TYPE} message of {len(body)} bytes exceeds {MAX_FRAME}")
+    return _HEADER.pack(len(body)) + body
+
+
+def decode(body: bytes) -> Message:
+    """The message in one frame body (without its length header)."""
+    try:
+        raw = orjson.loads(body)
+        cls = _TYPES[raw.pop("t")]
+        names = {f.name for f in fields(cls)}
+        if set(raw) != names:
+            raise IPCError(f"{cls.TYPE} message has fields {sorted(raw)}, expected {sorted(names)}")
+        message: Message = cls(**raw)
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise IPCError(f"malformed IPC message: {exc}") from None
+    return message
+
+
+class Reader:
+    """Accumulates bytes from a non-blocking pipe and yields whole messages."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buffer = bytearray()
+        self.eof = False
+
+    def read(self) -> list[Message]:
+        """Drain what the pipe holds now; sets ``eof`` when the writer is gone."""
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in (errno.EBADF, errno.EPIPE, errno.ECONNRESET):
+                    self.eof = True
+                    break
+                raise
+            if not chunk:
+                self.eof = True
+                break
+            self._buffer += chunk
+            if len(chunk) < 65536:
+                break
+        return self._split()
+
+    def _split(self) -> list[Message]:
+        messages: list[Message] = []
+        while len(self._buffer) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(self._buffer)
+            if size > MAX_FRAME:
+                raise IPCError(f"IPC frame of {size} bytes exceeds {MAX_FRAME}")
+            end = _HEADER.size + size
+            if len(self._buffer) < end:
+                break
+            messages.append(decode(bytes(self._buffer[_HEADER.size : end])))
+            del self._buffer[:end]
+        return messages
+
+
+def send(fd: int, message: Message) -> bool:
+    """Write one message; False when the other side is gone (EPIPE)."""
+    frame = encode(message)
+    view = memoryview(frame)
+    try:
+        while view:
+            try:
+                written = os.write(fd, view)
+            except BlockingIOError:
+                # The reader is slow; a short blocking wait keeps the frame whole.
+                os.set_blocking(fd, True)
+                try:
+                    written = os.write(fd, view)
+                finally:
+                    os.set_blocking(fd, False)
+            view = view[written:]
+    except (BrokenPipeError, ConnectionResetError):
+        return False
+    return True

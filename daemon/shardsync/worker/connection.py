@@ -1,0 +1,116 @@
+"""One WebSocket connection on websocket-client's low-level class, selectable."""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import Any, cast
+
+import websocket
+from websocket import ABNF
+
+
+class ConnectionLost(Exception):
+    """The socket failed or the server closed it."""
+
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        self.code = code
+        super().__init__(reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """A WebSocket close frame from the server."""
+
+    code: int | None
+    reason: str
+
+
+def ssl_options(ca_file: str) -> dict[str, object]:
+    """Verified TLS: system CAs, plus ``ca_file`` when given."""
+    context = ssl.create_default_context(cafile=ca_file or None)
+    return {"context": context}
+
+
+class Connection:
+    """Connect, wait for readability alongside other fds, receive whole frames."""
+
+    def __init__(self, url: str, *, handshake_timeout: float, ca_file: str = "") -> None:
+        self.url = url
+        # websocket-client is only partly typed; this wrapper is the typed surface.
+        self.ws: Any = cast(Any, websocket.WebSocket)(skip_utf8_validation=True, enable_multithread=False)
+        try:
+            self.ws.connect(
+                url,
+                timeout=handshake_timeout,
+                sslopt=ssl_options(ca_file) if url.startswith("wss:") else None,
+                suppress_origin=True,
+            )
+        except (OSError, websocket.WebSocketException) as exc:
+            self.ws.shutdown()
+            raise ConnectionLost(f"connect to {url} failed: {exc}") from None
+
+    @property
+    def sock(self) -> socket.socket:
+        sock: socket.socket = self.ws.sock
+        return sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def buffered(self) -> bool:
+        """True when bytes were already read from the kernel but not yet from the frame reader."""
+        sock = self.sock
+        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+    def recv(self, timeout: float) -> bytes | Closed | None:
+        """One complete data frame, a close, or None when ``timeout`` passed first.
+
+        websocket-client keeps a partially received frame across timeouts, so
+        a short timeout here never loses data.
+        """
+        self.ws.settimeout(max(timeout, 0.001))
+        try:
+            opcode, data = self.ws.recv_data()
+        except websocket.WebSocketTimeoutException:
+            return None
+        except (OSError, websocket.WebSocketException) as exc:
+            raise ConnectionLost(f"receive failed: {type(exc).__name__}: {exc}") from None
+        if opcode == ABNF.OPCODE_CLOSE:
+            payload = data.data if isinstance(data, ABNF) else data
+            code, reason = _close_status(payload if isinstance(payload, bytes) else b"")
+            return Closed(code, reason)
+        if opcode == ABNF.OPCODE_BINARY:
+            return bytes(data)
+        return data if isinstance(data, bytes) else bytes(data)
+
+    def send(self, text: str) -> None:
+        try:
+            self.ws.send(text)
+        except (OSError, websocket.WebSocketException) as exc:
+            raise ConnectionLost(f"send failed: {type(exc).__name__}: {exc}") from None
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Send a normal close frame and drop the socket, never blocking long."""
+        try:
+            if self.ws.connected:
+                self.ws.close(status=websocket.STATUS_NORMAL, timeout=timeout)
+        except (OSError, websocket.WebSocketException):
+            pass
+        finally:
+            self.ws.shutdown()
+
+    def abort(self) -> None:
+        self.ws.shutdown()
+
+
+def _close_status(payload: bytes) -> tuple[int | None, str]:
+    if len(payload) < 2:
+        return None, ""
+    return int.from_bytes(payload[:2], "big"), payload[2:].decode("utf-8", "replace")
+
+
+def register(selector: selectors.BaseSelector, conn: Connection) -> None:
+    selector.register(conn.sock, selectors.EVENT_READ, "ws")
