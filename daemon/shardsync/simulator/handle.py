@@ -1,0 +1,174 @@
+"""In-process handle for tests: the simulator's loop on a background thread, knobs as thread-safe calls."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from shardsync.simulator.options import SimOptions, replace
+from shardsync.simulator.server import SimServer
+from shardsync.simulator.truth import Change, Entity, Key
+
+T = TypeVar("T")
+_CALL_TIMEOUT = 30.0
+
+
+class Simulator:
+    """``with Simulator(SimOptions(...)) as sim:`` serves on ``sim.port`` until the block ends.
+
+    Keyword overrides are applied on top of ``options``: ``Simulator(event_rate=0)``.
+    """
+
+    def __init__(self, options: SimOptions | None = None, **overrides: Any) -> None:
+        self.options = replace(options or SimOptions(), **overrides)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: SimServer | None = None
+        self._stopped: asyncio.Event | None = None
+        self.port = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> Simulator:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(self._main(ready))
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=serve, name="shardsync-simulator", daemon=True)
+        self._thread.start()
+        ready.wait(_CALL_TIMEOUT)
+        if failure:
+            raise RuntimeError("simulator failed to start") from failure[0]
+        if not self.port:
+            raise RuntimeError("simulator did not start in time")
+        return self
+
+    async def _main(self, ready: threading.Event) -> None:
+        self._server = SimServer(self.options)
+        self._stopped = asyncio.Event()
+        self.port = await self._server.start()
+        ready.set()
+        await self._stopped.wait()
+        await self._server.stop()
+
+    def stop(self) -> None:
+        if self._loop is None or self._stopped is None or self._thread is None:
+            return
+        stopped = self._stopped
+        self._loop.call_soon_threadsafe(stopped.set)
+        self._thread.join(_CALL_TIMEOUT)
+        self._loop = None
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- addresses -------------------------------------------------------------------------
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self.options.host}:{self.port}/v1"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.options.host}:{self.port}/v1/websocket"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.options.host}:{self.port}/admin"
+
+    # -- calls into the loop ---------------------------------------------------------------------
+    def call(self, fn: Callable[[SimServer], T]) -> T:
+        """Run ``fn(server)`` on the simulator's loop and return its result (the escape hatch)."""
+        if self._loop is None or self._server is None:
+            raise RuntimeError("simulator is not running")
+        server = self._server
+
+        async def invoke() -> T:
+            return fn(server)
+
+        return asyncio.run_coroutine_threadsafe(invoke(), self._loop).result(_CALL_TIMEOUT)
+
+    def truth(self, divisor: int = 1, remainder: int | None = None, expression: str = "modAccountId",
+              entity_types: list[str] | None = None) -> dict[Key, Entity]:
+        """Ground truth of one shard (``remainder`` None = everything), keyed by (entityType, id)."""
+        return self.call(lambda s: s.truth_of(divisor, remainder, expression, entity_types))
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: connections per remainder, logins, renewals, authorize attempts, syncrequests,
+        client heartbeat times per connection, closes seen."""
+        return self.call(lambda s: s.stats())
+
+    def connections(self) -> dict[int, int]:
+        """Open synced sockets per remainder."""
+        return {int(k): v for k, v in self.stats()["connections"].items()}
+
+    def drop(self, remainder: int | None = None, divisor: int | None = None) -> int:
+        return self.call(lambda s: s.drop(remainder, divisor))
+
+    def close_frame(self, code: int = 3000, reason: str = "Go away!", remainder: int | None = None,
+                    divisor: int | None = None) -> int:
+        return self.call(lambda s: s.close_frame(code, reason, remainder, divisor))
+
+    def shutdown(self, reason_code: str = "Maintenance", reason: str = "Server maintenance",
+                 remainder: int | None = None, divisor: int | None = None) -> int:
+        return self.call(lambda s: s.shutdown(reason_code, reason, remainder, divisor))
+
+    def revoke(self, token: str | None = None) -> int:
+        return self.call(lambda s: s.revoke(token))
+
+    def stall(self, seconds: float | None = None, remainder: int | None = None, divisor: int | None = None) -> int:
+        return self.call(lambda s: s.stall(seconds, remainder, divisor))
+
+    def unstall(self, remainder: int | None = None, divisor: int | None = None) -> int:
+        return self.call(lambda s: s.unstall(remainder, divisor))
+
+    def pause(self) -> None:
+        self.call(lambda s: s.pause())
+
+    def resume(self) -> None:
+        self.call(lambda s: s.resume())
+
+    def step(self, count: int = 1) -> list[Change]:
+        return self.call(lambda s: s.step(count))
+
+    def mutate(self, count: int = 5, remainder: int | None = None, divisor: int = 1,
+               expression: str = "modAccountId", deletions: int = 1) -> list[Change]:
+        return self.call(lambda s: s.mutate(count, remainder, divisor, expression, deletions))
+
+    def inflate(self, count: int, text_bytes: int = 200, remainder: int | None = None, divisor: int = 1,
+                expression: str = "modAccountId") -> int:
+        return self.call(lambda s: s.inflate(count, text_bytes, remainder, divisor, expression))
+
+    def malformed(self, kind: str, remainder: int | None = None, divisor: int | None = None,
+                  size_mib: float = 1.0) -> int:
+        return self.call(lambda s: s.malformed(kind, remainder, divisor, size_mib))
+
+    def ws429(self, count: int = 1) -> None:
+        self.call(lambda s: s.ws429(count))
+
+    def penalty(self, mode: str = "ticket", count: int = 1, p_time: float = 1.0) -> None:
+        self.call(lambda s: s.penalty(mode, count, p_time))
+
+    def lockout(self, status: int = 429, count: int = 1) -> None:
+        self.call(lambda s: s.lockout(status, count))
+
+    def system_event(self, name: str = "OtherEnvAdminAlertSignal", data: Any = None,
+                     remainder: int | None = None, divisor: int | None = None) -> int:
+        return self.call(lambda s: s.system_event(name, data, remainder, divisor))
+
+    def configure(self, **changes: Any) -> None:
+        self.call(lambda s: s.configure(**changes))
+        self.options = replace(self.options, **changes)

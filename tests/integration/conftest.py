@@ -1,0 +1,34 @@
+"""Shared fixtures for integration tests (simulator fixtures carry the ``sim_`` prefix)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from shardsync.simulator import Simulator
+
+
+@pytest.fixture
+def sim_factory() -> Iterator[Callable[..., Simulator]]:
+    """Start simulators with option overrides (quiet generator unless asked); all stop at teardown."""
+    started: list[Simulator] = []
+
+    def make(**overrides: Any) -> Simulator:
+        overrides.setdefault("event_rate", 0)
+        overrides.setdefault("accounts", 12)
+        overrides.setdefault("users", 4)
+        sim = Simulator(**overrides).start()
+        started.append(sim)
+        return sim
+
+    yield make
+    for sim in started:
+        sim.stop()
+
+
+@pytest.fixture
+def sim_server(sim_factory: Callable[..., Simulator]) -> Simulator:
+    """A default simulator with the generator quiet, so snapshots can be compared with the truth."""
+    return sim_factory()
