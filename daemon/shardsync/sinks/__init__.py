@@ -19,7 +19,7 @@ def open_sink(kind: str, *, path: str = "", dsn: str = "", remainder: int, divis
         return JsonlSink(path, remainder=remainder, divisor=divisor)
     if kind == "postgres":
         # Imported only when chosen: psycopg is an optional extra.
-        from shardsync.sinks.postgres import PostgresSink  # noqa: PLC0415
+        from shardsync.sinks.postgres import PostgresSink
 
         return PostgresSink(dsn, remainder=remainder, divisor=divisor)
     raise SinkError(f"unknown sink kind {kind!r}; expected one of {', '.join(KINDS)}")
