@@ -101,6 +101,7 @@ class Worker:
         self._permit = not options.permits
         self._stopping = False
         self.conn: Connection | None = None
+        self._ws_fd = -1
         self.sink: Sink | None = None
         self.mirror: Mirror | None = None
         self._pending: list[Change] = []
@@ -196,7 +197,8 @@ class Worker:
             )
         except ConnectionLost as exc:
             raise SessionEnded(str(exc)) from None
-        self._selector.register(self.conn.sock, selectors.EVENT_READ, "ws")
+        self._ws_fd = self.conn.fileno()
+        self._selector.register(self._ws_fd, selectors.EVENT_READ, "ws")
         now = self._clock()
         self.connected_since = time.time()
         self.last_frame_at = now
@@ -211,6 +213,12 @@ class Worker:
         try:
             while True:
                 for message in self._receive(assembler):
+                    if isinstance(message, Closed):
+                        raise ConnectionLost(
+                            f"server closed the WebSocket ({message.code} {message.reason})".strip(), message.code
+                        )
+                    if isinstance(message, ProtocolError):
+                        raise message
                     if isinstance(message, protocol.OpenFrame):
                         if not opened:
                             opened = True
@@ -356,6 +364,8 @@ class Worker:
     def _receive(self, assembler: SnapshotAssembler | None) -> list[Any]:
         """Wait for the next deadline or input; return the decoded messages read meanwhile.
 
+        A close or an undecodable frame ends the list (as a Closed or a
+        ProtocolError item), so the messages before it are still handled.
         Reads every frame that is already available (up to ``batch_max``
         changes pending) so that sink writes are batched under load and
         immediate when traffic is light.
@@ -374,8 +384,14 @@ class Worker:
             self.last_frame_at = self._clock()
             self.frames += 1
             if isinstance(frame, Closed):
-                raise ConnectionLost(f"server closed the WebSocket ({frame.code} {frame.reason})".strip(), frame.code)
-            decoded = protocol.decode_frame(frame)
+                # Whatever came before the close (a shutdown event, say) is handled first.
+                messages.append(frame)
+                return messages
+            try:
+                decoded = protocol.decode_frame(frame)
+            except ProtocolError as exc:
+                messages.append(exc)
+                return messages
             if isinstance(decoded, MessagesFrame):
                 messages.extend(decoded.messages)
             else:
@@ -484,8 +500,9 @@ class Worker:
         self.connected_since = None
         if conn is None:
             return
+        # By fd: websocket-client forgets its socket object once it is shut down.
         with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(conn.sock)
+            self._selector.unregister(self._ws_fd)
         if clean:
             conn.close(timeout=1.0)
         else:
