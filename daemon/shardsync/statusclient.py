@@ -8,7 +8,6 @@ else the default listener.  Output is a table, or the raw document with
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import urllib.error
 import urllib.request
@@ -72,7 +71,7 @@ def _reason(exc: BaseException) -> str:
         exc = exc.reason if isinstance(exc.reason, BaseException) else exc
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
-    if isinstance(exc, (TimeoutError, socket.timeout)):
+    if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
@@ -88,6 +87,8 @@ def fetch_status(url: str, timeout: float = 3.0) -> dict[str, Any]:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - scheme checked above
             body = response.read()
     except (urllib.error.URLError, OSError) as exc:
+        if isinstance(exc, urllib.error.HTTPError):
+            exc.close()  # it holds the open response
         raise StatusUnavailable(url, _reason(exc)) from None
     try:
         doc = orjson.loads(body)

@@ -35,6 +35,7 @@ LIVE: Final = "live"
 MAX_HEAD: Final = 8192
 IDLE_TIMEOUT: Final = 5.0
 MAX_CONNECTIONS: Final = 64
+ACCEPT_PAUSE: Final = 1.0
 _ACCEPT_BATCH: Final = 32
 _MAX_ERROR: Final = 500
 
@@ -206,6 +207,7 @@ class StatusServer:
         self._max_connections = max_connections
         self._selector: selectors.BaseSelector | None = None
         self._connections: dict[int, _Connection] = {}
+        self._paused_until: float | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -247,12 +249,18 @@ class StatusServer:
             self._read(conn)
 
     def next_deadline(self) -> float | None:
-        """The earliest time (on the server's clock) a client must be dropped, or None."""
-        return min((c.deadline for c in self._connections.values()), default=None)
+        """The earliest time (on the server's clock) :meth:`expire` has work to do, or None."""
+        deadlines = [c.deadline for c in self._connections.values()]
+        if self._paused_until is not None:
+            deadlines.append(self._paused_until)
+        return min(deadlines, default=None)
 
     def expire(self, now: float | None = None) -> int:
-        """Drop every client past its deadline; returns how many."""
+        """Drop every client past its deadline (and resume a paused listener); returns how many."""
         now = self._clock() if now is None else now
+        if self._paused_until is not None and now >= self._paused_until and self._selector is not None:
+            self._paused_until = None
+            self._selector.register(self._listener, selectors.EVENT_READ, self)
         late = [c for c in self._connections.values() if c.deadline <= now]
         for conn in late:
             self._close(conn)
@@ -262,9 +270,10 @@ class StatusServer:
         """Stop listening and drop every client (shutdown, or a changed listen address)."""
         for conn in list(self._connections.values()):
             self._close(conn)
-        if self._selector is not None:
+        if self._selector is not None and self._paused_until is None:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(self._listener)
+        self._paused_until = None
         self._listener.close()
 
     def close_after_fork(self) -> None:
@@ -288,12 +297,14 @@ class StatusServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                # ECONNABORTED: the client gave up in the backlog; anything else (EMFILE)
-                # is logged and retried on the next wakeup rather than crashing the parent.
-                if exc.errno != errno.ECONNABORTED:
-                    _log.warning("status_accept_failed", error=str(exc))
-                    return
-                continue
+                if exc.errno == errno.ECONNABORTED:
+                    continue  # the client gave up while queued
+                # EMFILE and friends: the listener stays readable, so watching it now
+                # would spin the loop and flood the log. Look again after a pause.
+                _log.warning("status_accept_failed", error=str(exc), retry_in=ACCEPT_PAUSE)
+                selector.unregister(self._listener)
+                self._paused_until = self._clock() + ACCEPT_PAUSE
+                return
             if len(self._connections) >= self._max_connections:
                 sock.close()  # refusing by closing: leaving it queued keeps the listener readable forever
                 continue
