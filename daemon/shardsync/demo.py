@@ -21,6 +21,7 @@ import orjson
 from shardsync import ipc
 from shardsync.auth import Credentials, login
 from shardsync.logs import configure_logging
+from shardsync.prctl import set_pdeathsig
 from shardsync.worker.options import WorkerOptions
 from shardsync.worker.session import run_in_process
 
@@ -30,7 +31,10 @@ DEMO_CREDENTIALS = Credentials("demo", "demo-password", "demo-secret")
 def start_simulator(event_rate: float, extra: list[str] | None = None) -> tuple[subprocess.Popen[bytes], int]:
     """Start ``shardsync simulate`` on a random port; return the process and its port."""
     argv = [sys.executable, "-m", "shardsync.simulator", "--port", "0", "--event-rate", str(event_rate)]
-    proc = subprocess.Popen(argv + (extra or []), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    # The simulator must not outlive us, even when we are SIGKILLed.
+    proc = subprocess.Popen(
+        argv + (extra or []), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, preexec_fn=set_pdeathsig  # noqa: PLW1509
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import selectors
 import socket
 import ssl
 from dataclasses import dataclass
@@ -26,6 +25,52 @@ class Closed:
 
     code: int | None
     reason: str
+
+
+class ReadAhead:
+    """The connected socket, read in large chunks on behalf of websocket-client.
+
+    websocket-client asks the kernel for each frame header and payload
+    separately (two syscalls per frame); reading up to ``CHUNK`` bytes at once
+    and serving its small reads from memory removes most syscalls, and tells
+    the loop when whole frames are already waiting (no select needed).
+    """
+
+    CHUNK = 1 << 18
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = bytearray()
+        self._timeout: float | None = sock.gettimeout()
+
+    def pending(self) -> int:
+        """Bytes already read from the kernel (or TLS layer) and not yet consumed."""
+        tls = self._sock.pending() if isinstance(self._sock, ssl.SSLSocket) else 0
+        return len(self._buffer) + tls
+
+    def recv(self, size: int) -> bytes:
+        if not self._buffer:
+            chunk = self._sock.recv(self.CHUNK)
+            if len(chunk) <= size:
+                return chunk  # EOF (b"") included
+            self._buffer += chunk
+        # Never hand back more than asked: websocket-client re-slices any excess
+        # on every read, which is quadratic for large chunks.
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def settimeout(self, timeout: float | None) -> None:
+        # A setsockopt per frame is measurable; skip it when nothing changes.
+        if timeout != self._timeout:
+            self._timeout = timeout
+            self._sock.settimeout(timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 def ssl_options(ca_file: str) -> dict[str, object]:
@@ -52,18 +97,15 @@ class Connection:
             self.ws.shutdown()
             raise ConnectionLost(f"connect to {url} failed: {exc}") from None
 
-    @property
-    def sock(self) -> socket.socket:
-        sock: socket.socket = self.ws.sock
-        return sock
+        self._reader = ReadAhead(self.ws.sock)
+        self.ws.sock = self._reader
 
     def fileno(self) -> int:
-        return self.sock.fileno()
+        return self._reader.fileno()  # type: ignore[no-any-return]
 
     def buffered(self) -> bool:
-        """True when bytes were already read from the kernel but not yet from the frame reader."""
-        sock = self.sock
-        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+        """True when bytes were already read from the kernel but not yet by the frame reader."""
+        return self._reader.pending() > 0
 
     def recv(self, timeout: float) -> bytes | Closed | None:
         """One complete data frame, a close, or None when ``timeout`` passed first.
@@ -112,5 +154,3 @@ def _close_status(payload: bytes) -> tuple[int | None, str]:
     return int.from_bytes(payload[:2], "big"), payload[2:].decode("utf-8", "replace")
 
 
-def register(selector: selectors.BaseSelector, conn: Connection) -> None:
-    selector.register(conn.sock, selectors.EVENT_READ, "ws")

@@ -30,9 +30,11 @@ class WorkerOptions:
     quota_backoff: float = 60.0
     #: The quiet rule of worker/snapshot.py for split snapshots without an end marker.
     snapshot_quiet: float = 1.0
-    #: Changes per sink transaction at most; smaller batches are flushed whenever
-    #: the socket has nothing more to read right now.
+    #: Changes per sink transaction at most; smaller batches are committed as
+    #: soon as the socket has nothing more to read right now.
     batch_max: int = 5000
+    #: Oldest uncommitted change at most this old (seconds) while frames keep coming.
+    flush_interval: float = 0.05
     #: Ask the parent for a connect permit before every connect.
     permits: bool = True
 

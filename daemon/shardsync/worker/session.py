@@ -105,6 +105,9 @@ class Worker:
         self.sink: Sink | None = None
         self.mirror: Mirror | None = None
         self._pending: list[Change] = []
+        self._pending_since = 0.0
+        #: When the frames being handled were received (one timestamp per read pass).
+        self._received_at = ""
 
         self.state = "starting"
         self.connected_since: float | None = None
@@ -235,7 +238,8 @@ class Worker:
                     self._reconcile(assembler)
                     reached_live = True
                     self._failures = 0
-                self._flush()
+                if self._flush_due():
+                    self._flush()
         except (ConnectionLost, ProtocolError, SinkError, SyncRejected, MirrorError) as exc:
             raise self._classify(exc, reached_live) from None
         except SessionEnded as end:
@@ -294,15 +298,15 @@ class Worker:
         if protocol.is_snapshot_end(response.data):
             return
         self.log.warning("late_snapshot_part")
-        now = self._now_iso()
+        now = self._received_at
         for entity_type, entity in protocol.snapshot_entities(response.data):
-            self._pending += self.mirror.diff_event(entity_type, "Updated", [entity], received_at=now)
+            self._add(self.mirror.diff_event(entity_type, "Updated", [entity], received_at=now))
 
     def _apply(self, event: PropsEvent | SystemEvent) -> None:
         assert self.mirror is not None
-        now = self._now_iso()
+        now = self._received_at
         if isinstance(event, SystemEvent):
-            self._pending.append(self.mirror.system(event.name, event.data, received_at=now))
+            self._add([self.mirror.system(event.name, event.data, received_at=now)])
             self.log.info("system_event", name=event.name)
             return
         try:
@@ -311,10 +315,10 @@ class Worker:
             # Kept as a system record so nothing is lost, and loudly.
             self.log.warning("unusable_event_kept", error=str(exc), entity_type=event.entity_type)
             payload = {"entityType": event.entity_type, "eventType": event.event_type, "entity": list(event.entities)}
-            self._pending.append(self.mirror.system("props", payload, received_at=now))
+            self._add([self.mirror.system("props", payload, received_at=now)])
             return
         self.events += 1
-        self._pending += changes
+        self._add(changes)
 
     def _reconcile(self, assembler: SnapshotAssembler) -> None:
         assert self.mirror is not None
@@ -322,7 +326,7 @@ class Worker:
         # The snapshot is the whole truth for the shard: whatever the server sent
         # is kept (live props are not filtered either), whatever it did not is gone.
         changes = self.mirror.diff_snapshot(assembler.entities, types=None, received_at=self._now_iso())
-        self._pending += changes
+        self._add(changes)
         for event in assembler.buffered:
             self._apply(event)
         self._flush()
@@ -334,6 +338,27 @@ class Worker:
             changes=len(changes),
             buffered=len(assembler.buffered),
         )
+
+    def _add(self, changes: list[Change]) -> None:
+        if changes and not self._pending:
+            self._pending_since = self._clock()
+        self._pending += changes
+
+    def _flush_due(self) -> bool:
+        """Commit now, or keep reading to make a bigger batch?
+
+        A commit costs about as much as hundreds of changes, so under load the
+        batch grows while more frames are waiting, up to ``batch_max`` changes
+        or ``flush_interval`` seconds of age; when the socket is quiet, the
+        changes are committed at once.
+        """
+        if not self._pending:
+            return False
+        if len(self._pending) >= self.options.batch_max or self.conn is None:
+            return True
+        if self._clock() - self._pending_since >= self.options.flush_interval:
+            return True
+        return not (self.conn.buffered() or self._poll(0.0))
 
     def _flush(self) -> None:
         if not self._pending:
@@ -364,41 +389,48 @@ class Worker:
     def _receive(self, assembler: SnapshotAssembler | None) -> list[Any]:
         """Wait for the next deadline or input; return the decoded messages read meanwhile.
 
-        A close or an undecodable frame ends the list (as a Closed or a
-        ProtocolError item), so the messages before it are still handled.
-        Reads every frame that is already available (up to ``batch_max``
-        changes pending) so that sink writes are batched under load and
-        immediate when traffic is light.
+        Once the socket is readable, every frame already read ahead is taken
+        in the same pass (up to ``batch_max`` changes pending, or until the
+        next deadline), so sink writes are batched under load and immediate
+        when traffic is light.  A close or an undecodable frame ends the list
+        (as a Closed or a ProtocolError item), so the messages before it are
+        still handled.
         """
         assert self.conn is not None
         messages: list[Any] = []
         deadline = self._tick(assembler)
-        timeout = max(0.0, deadline - self._clock())
+        if not (self.conn.buffered() or self._poll(max(0.0, deadline - self._clock()))):
+            return messages
+        self._received_at = self._now_iso()
+        # One timeout for the whole pass: it bounds the wait for the rest of a
+        # frame, and an unchanged value costs no setsockopt.
+        timeout = max(0.001, deadline - self._clock())
         while True:
-            ready = self.conn.buffered() or self._poll(timeout)
-            if not ready:
-                return messages
-            frame = self.conn.recv(max(0.001, self._tick(assembler) - self._clock()))
+            frame = self.conn.recv(timeout)
             if frame is None:
                 return messages
-            self.last_frame_at = self._clock()
             self.frames += 1
             if isinstance(frame, Closed):
                 # Whatever came before the close (a shutdown event, say) is handled first.
                 messages.append(frame)
-                return messages
+                break
             try:
                 decoded = protocol.decode_frame(frame)
             except ProtocolError as exc:
                 messages.append(exc)
-                return messages
+                break
             if isinstance(decoded, MessagesFrame):
                 messages.extend(decoded.messages)
             else:
                 messages.append(decoded)
-            if len(self._pending) + len(messages) >= self.options.batch_max:
-                return messages
-            timeout = 0.0
+            if (
+                len(self._pending) + len(messages) >= self.options.batch_max
+                or not self.conn.buffered()
+                or self._clock() >= deadline
+            ):
+                break
+        self.last_frame_at = self._clock()
+        return messages
 
     def _poll(self, timeout: float) -> bool:
         """Select on the socket and the inbox; True when the socket is readable."""
