@@ -1,12 +1,19 @@
-"""The ``shardsync`` command: check-config, simulate, demo."""
+"""The ``shardsync`` command: run, check-config, status, simulate, demo."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn
+
+import orjson
 
 from shardsync import __version__
+
+if TYPE_CHECKING:
+    from shardsync.auth import Credentials
 
 EX_OK = 0
 EX_ERROR = 1
@@ -27,6 +34,77 @@ def _check_config(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _run(args: argparse.Namespace) -> int:
+    from shardsync.config import ConfigError, load_config
+    from shardsync.credentials import CredentialsError, credential_env_names, load_credentials
+    from shardsync.logs import configure_logging, get_logger, register_secret
+
+    try:
+        settings = load_config(args.config)
+    except ConfigError as exc:
+        print(f"shardsync: invalid configuration\n{exc}", file=sys.stderr)
+        return EX_CONFIG
+    configure_logging(fmt=settings.log.format, level=settings.log.level, secrets=settings.secrets())
+    log = get_logger("shardsync")
+    if args.credentials_fd is not None:
+        credentials = _read_credentials(args.credentials_fd)
+    else:
+        try:
+            credentials = load_credentials(settings.credentials)
+        except CredentialsError as exc:
+            print(f"shardsync: {exc}", file=sys.stderr)
+            log.error("credentials_unusable", error=str(exc))
+            return EX_NOPERM
+        if any(name in os.environ for name in credential_env_names()):
+            _reexec_without_credentials(args.config, credentials)
+    for value in (credentials.password, credentials.secret):
+        register_secret(value)
+
+    from shardsync.supervisor.arbiter import Arbiter
+
+    try:
+        return Arbiter(settings, args.config, credentials).run()
+    except Exception:
+        log.exception("supervisor_crashed")
+        return EX_ERROR
+
+
+def _reexec_without_credentials(config: str, credentials: Credentials) -> NoReturn:
+    """Start over without SHARDSYNC_* in the environment, the values handed over a pipe.
+
+    A forked worker's /proc/PID/environ is the environment block this process
+    was started with, whatever os.environ says later; only a new exec drops it.
+    """
+    from shardsync.credentials import credential_env_names
+
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, orjson.dumps(
+        {"username": credentials.username, "password": credentials.password, "secret": credentials.secret}
+    ))
+    os.close(write_fd)
+    os.set_inheritable(read_fd, True)
+    env = {k: v for k, v in os.environ.items() if k not in credential_env_names()}
+    argv = [sys.executable, "-m", "shardsync", "run", "-c", config, "--credentials-fd", str(read_fd)]
+    os.execve(sys.executable, argv, env)
+
+
+def _read_credentials(fd: int) -> Credentials:
+    from shardsync.auth import Credentials
+
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    os.close(fd)
+    data = orjson.loads(b"".join(chunks))
+    return Credentials(data["username"], data["password"], data["secret"])
+
+
+def _status(args: argparse.Namespace) -> int:
+    from shardsync import statusclient
+
+    return statusclient.main(args)
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from shardsync import simulator
 
@@ -44,9 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"shardsync {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    run = commands.add_parser("run", help="run the supervisor and its shard workers in the foreground")
+    run.add_argument("-c", "--config", required=True, metavar="FILE")
+    run.add_argument("--credentials-fd", type=int, default=None, help=argparse.SUPPRESS)
+    run.set_defaults(handler=_run)
+
     check = commands.add_parser("check-config", help="validate a config file and print the effective settings")
     check.add_argument("-c", "--config", required=True, metavar="FILE")
     check.set_defaults(handler=_check_config)
+
+    status = commands.add_parser("status", help="table of shards: state, pid, uptime, restarts, events/s")
+    from shardsync import statusclient
+
+    statusclient.add_arguments(status)
+    status.set_defaults(handler=_status)
 
     simulate = commands.add_parser("simulate", help="run the protocol-faithful fake Tradovate server")
     from shardsync import simulator

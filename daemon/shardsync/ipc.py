@@ -170,8 +170,13 @@ class Reader:
         return messages
 
 
-def send(fd: int, message: Message) -> bool:
-    """Write one message; False when the other side is gone (EPIPE)."""
+def send(fd: int, message: Message, *, block: bool = True) -> bool:
+    """Write one message; False when the other side is gone (EPIPE).
+
+    With ``block=False`` a full pipe also gives False and nothing is written
+    (frames are below PIPE_BUF, so a non-blocking write is all or nothing):
+    the parent must never stall on a stopped or wedged worker.
+    """
     frame = encode(message)
     view = memoryview(frame)
     try:
@@ -179,6 +184,8 @@ def send(fd: int, message: Message) -> bool:
             try:
                 written = os.write(fd, view)
             except BlockingIOError:
+                if not block:
+                    return False
                 # The reader is slow; a short blocking wait keeps the frame whole.
                 os.set_blocking(fd, True)
                 try:

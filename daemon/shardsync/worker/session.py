@@ -83,6 +83,7 @@ class Worker:
         clock: Callable[[], float] = time.monotonic,
         now_iso: Callable[[], str] = utc_now,
         rng: random.Random | None = None,
+        wake_fd: int | None = None,
     ) -> None:
         self.options = options
         self.remainder = remainder
@@ -94,6 +95,9 @@ class Worker:
         self._backoff = Backoff(options.backoff_initial, options.backoff_max, rng)
         self._selector = selectors.DefaultSelector()
         self._selector.register(inbox_fd, selectors.EVENT_READ, "inbox")
+        if wake_fd is not None:
+            # The signal wakeup fd of a forked worker: SIGTERM means stop cleanly.
+            self._selector.register(wake_fd, selectors.EVENT_READ, "wake")
         self.log = structlog.get_logger("shardsync.worker").bind(remainder=remainder)
 
         self.token: str | None = None
@@ -190,8 +194,7 @@ class Worker:
         assert self.token is not None and self.mirror is not None
         if self.options.permits:
             self._permit = False  # one permit, one connect
-        self.state = "connecting"
-        self._set_busy(self.options.handshake_timeout)
+        self._set_state("connecting", busy_for=self.options.handshake_timeout)
         try:
             self.conn = Connection(
                 self.options.ws_url,
@@ -206,7 +209,7 @@ class Worker:
         self.connected_since = time.time()
         self.last_frame_at = now
         self._next_ping = now + protocol.HEARTBEAT_INTERVAL
-        self.state = "authorizing"
+        self._set_state("authorizing")
         self.log.info("connected", url=self.options.ws_url)
 
         assembler: SnapshotAssembler | None = None
@@ -266,7 +269,7 @@ class Worker:
             split_responses=self.options.split_responses,
         )
         self.conn.send(protocol.encode_request("user/syncrequest", SYNC_ID, "", body))
-        self.state = "syncing"
+        self._set_state("syncing")
         return SnapshotAssembler(SYNC_ID, split=self.options.split_responses, quiet=self.options.snapshot_quiet)
 
     def _dispatch(self, message: object, assembler: SnapshotAssembler) -> None:
@@ -330,7 +333,7 @@ class Worker:
         for event in assembler.buffered:
             self._apply(event)
         self._flush()
-        self.state = "live"
+        self._set_state("live")
         self.log.info(
             "live",
             parts=assembler.parts,
@@ -439,7 +442,7 @@ class Worker:
             if key.data == "ws":
                 ws_ready = True
             else:
-                self._read_inbox()
+                self._on_input(key)
         return ws_ready
 
     def _tick(self, assembler: SnapshotAssembler | None) -> float:
@@ -465,7 +468,7 @@ class Worker:
 
     def _wait(self, until_time: float | None, *, state: str, until: Callable[[], bool] | None = None) -> None:
         """Sleep in the selector until ``until_time`` or ``until()``, serving inbox and heartbeats."""
-        self.state = state
+        self._set_state(state)
         while True:
             if until is not None and until():
                 return
@@ -476,8 +479,16 @@ class Worker:
                 self._beat()
             deadline = self._next_beat if until_time is None else min(self._next_beat, until_time)
             for key, _ in self._selector.select(max(0.0, deadline - now)):
-                if key.data == "inbox":
-                    self._read_inbox()
+                if key.data != "ws":
+                    self._on_input(key)
+
+    def _on_input(self, key: selectors.SelectorKey) -> None:
+        if key.data == "wake":
+            with contextlib.suppress(BlockingIOError):
+                os.read(key.fd, 512)
+            self.log.info("stopping", signal="SIGTERM")
+            raise Stopping
+        self._read_inbox()
 
     def _read_inbox(self) -> None:
         try:
@@ -516,6 +527,12 @@ class Worker:
         )
         if not alive:
             raise Stopping
+
+    def _set_state(self, state: str, *, busy_for: float = 0.0) -> None:
+        """Change state and tell the parent at once (permits and status follow states)."""
+        if state != self.state or busy_for:
+            self.state = state
+            self._beat(busy_for=busy_for)
 
     def _set_busy(self, seconds: float) -> None:
         """Tell the parent the next step may block this long (handshake, large commit)."""

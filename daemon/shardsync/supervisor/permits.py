@@ -1,0 +1,78 @@
+"""Connect permits: at most N handshakes at once, spaced, so reconnect storms stay gentle (pure).
+
+A worker asks before every (re)connect.  Its permit counts as in flight until
+the worker reports that its handshake is over (any state past
+``authorizing``), exits, or ``hold_max`` seconds pass, whichever is first;
+the last bound keeps a lost report from shrinking the pool forever.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+HANDSHAKE_STATES = frozenset({"connecting", "authorizing"})
+
+
+class PermitGate:
+    """FIFO of waiting shards; grants at most ``max_concurrent`` at once, ``spacing`` apart."""
+
+    def __init__(self, *, max_concurrent: int, spacing: float, hold_max: float) -> None:
+        if max_concurrent < 1 or spacing < 0 or hold_max <= 0:
+            raise ValueError("invalid permit limits")
+        self.max_concurrent = max_concurrent
+        self.spacing = spacing
+        self.hold_max = hold_max
+        self._waiting: OrderedDict[int, float] = OrderedDict()
+        self._in_flight: dict[int, float] = {}
+        self._last_grant = float("-inf")
+        self.peak = 0
+
+    def request(self, remainder: int, now: float) -> None:
+        # A worker asks once per connect; asking again while holding one means
+        # its previous handshake ended without a report.
+        self._in_flight.pop(remainder, None)
+        self._waiting.setdefault(remainder, now)
+
+    def report(self, remainder: int, state: str) -> None:
+        """A heartbeat arrived: a permit holder past its handshake frees its slot."""
+        if state not in HANDSHAKE_STATES:
+            self._in_flight.pop(remainder, None)
+
+    def forget(self, remainder: int) -> None:
+        """The worker exited: it neither waits nor holds."""
+        self._waiting.pop(remainder, None)
+        self._in_flight.pop(remainder, None)
+
+    def _expire(self, now: float) -> None:
+        for remainder, granted in list(self._in_flight.items()):
+            if now - granted >= self.hold_max:
+                del self._in_flight[remainder]
+
+    def grant(self, now: float) -> list[int]:
+        """The shards to hand a permit to now."""
+        self._expire(now)
+        granted: list[int] = []
+        while self._waiting and len(self._in_flight) < self.max_concurrent:
+            if now - self._last_grant < self.spacing:
+                break
+            remainder, _ = self._waiting.popitem(last=False)
+            self._in_flight[remainder] = now
+            self._last_grant = now
+            granted.append(remainder)
+        self.peak = max(self.peak, len(self._in_flight))
+        return granted
+
+    def next_at(self, now: float) -> float | None:
+        """When ``grant`` may next hand out something (None: nothing to wait for)."""
+        times: list[float] = [granted + self.hold_max for granted in self._in_flight.values()]
+        if self._waiting and len(self._in_flight) < self.max_concurrent:
+            times.append(max(now, self._last_grant + self.spacing))
+        return min(times) if times else None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
