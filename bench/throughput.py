@@ -154,10 +154,10 @@ def main() -> int:
         results: dict[str, list[float]] = {"bare": [], "jsonl": [], "sqlite": []}
         counts: list[int] = []
         for _ in range(args.repeat):
-            for name in results:
+            for name, rates in results.items():
                 count, rate = bare_loop(port, args.steps) if name == "bare" else worker_run(port, args.steps, name)
                 counts.append(count)
-                results[name].append(rate)
+                rates.append(rate)
         bare = statistics.median(results["bare"])
         print(f"throughput: {min(counts)}-{max(counts)} live events per run, {args.batch} per frame, "
               f"{args.repeat} repeats")

@@ -1,22 +1,64 @@
-"""REST login against Tradovate: one access-token request, time penalties honoured.
+"""REST authentication against Tradovate: one-shot blocking calls that return outcomes.
 
-This is the login the demo and the parent use; renewal scheduling, credential
-sources and lock-out handling build on it.
+:func:`request_token` (``POST auth/accesstokenrequest``) and :func:`renew_token`
+(``GET auth/renewaccesstoken``) each make exactly **one** HTTP request and
+classify the answer as an :data:`Outcome`; they never sleep and never retry.
+The supervisor runs them in a short-lived forked child and gets the outcome
+back over a pipe (:func:`outcome_to_json` / :func:`outcome_from_json`); the
+pure :class:`shardsync.supervisor.tokens.TokenKeeper` decides what to call
+next and when.
+
+:func:`login` is the blocking convenience for the demo, the benchmarks and the
+tests: it loops over :func:`request_token`, waiting out p-ticket penalties.
+
+Secrets (password, API secret, tokens) are registered with
+:func:`shardsync.logs.register_secret` as soon as they are known here, and
+never appear in exception text or in a ``repr``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import http.client
+import ipaddress
+import ssl
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 import orjson
 
+from shardsync.logs import register_secret
 from shardsync.protocol import ProtocolError, penalty_of
+
+__all__ = [
+    "AuthError",
+    "Captcha",
+    "Credentials",
+    "Failed",
+    "Grant",
+    "Locked",
+    "Outcome",
+    "Penalty",
+    "Refused",
+    "Unauthorized",
+    "fingerprint",
+    "login",
+    "outcome_from_json",
+    "outcome_to_json",
+    "parse_expiration",
+    "renew_token",
+    "request_token",
+]
+
+#: a token answer is a few hundred bytes; anything far larger is not Tradovate
+MAX_BODY: Final = 1 << 20
+LOCKOUT_STATUSES: Final = frozenset({423, 429})
 
 
 class AuthError(Exception):
@@ -39,16 +81,69 @@ class Credentials:
         return f"Credentials(username={self.username!r}, password='***', secret='***')"
 
 
+def fingerprint(token: str) -> str:
+    """A short, non-reversible tag for a token (sha256 hex, 12 chars), safe to log and send."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+# --- outcomes -------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class Grant:
     """An access token and when it expires (epoch seconds)."""
 
     token: str
     expires_at: float
-    user_id: int | None
+    user_id: int | None = None
 
     def __repr__(self) -> str:
         return f"Grant(token='***', expires_at={self.expires_at!r}, user_id={self.user_id!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Penalty:
+    """p-ticket: resend the same request carrying ``ticket`` after ``wait`` seconds."""
+
+    ticket: str
+    wait: float
+
+    def __repr__(self) -> str:
+        return f"Penalty(ticket='***', wait={self.wait!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Captcha:
+    """p-captcha: a third-party app cannot solve it; no login attempt for ``captcha_backoff``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Locked:
+    """HTTP 423 (lock-out imminent) or 429 (locked out): no request for ``lockout_backoff``."""
+
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A business-level reject (``errorText``, e.g. wrong password): retrying will not help."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unauthorized:
+    """Renewal answered 401 (or 400/errorText): the token is expired or revoked; log in again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A transient failure: network error, timeout, 5xx, unexpected status or body."""
+
+    reason: str
+
+
+Outcome = Grant | Penalty | Captcha | Locked | Refused | Unauthorized | Failed
 
 
 def parse_expiration(text: str) -> float:
@@ -56,23 +151,237 @@ def parse_expiration(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def _request(url: str, body: bytes | None, headers: dict[str, str], timeout: float) -> tuple[int, Any]:
-    # The scheme is http(s) only: config refuses anything else for rest_url.
+# --- HTTP -------------------------------------------------------------------------------
+
+
+class _Unreachable(Exception):
+    """No HTTP answer at all (DNS, connect, TLS, timeout, a broken response)."""
+
+
+def _check_url(url: str) -> None:
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme == "https":
+        return
+    loopback = host in ("localhost", "localhost.")
+    if not loopback:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+    if parts.scheme != "http" or not loopback:
+        raise ValueError("the REST URL must be https:// (plain http:// only to a loopback host)")
+
+
+def _http(url: str, *, body: bytes | None, headers: dict[str, str], timeout: float) -> tuple[int, bytes]:
+    """One request; the status and the raw body (also of an HTTP error status)."""
+    _check_url(url)
     method = "POST" if body is not None else "GET"
-    request = urllib.request.Request(url, data=body, headers=headers, method=method)  # noqa: S310
+    request = urllib.request.Request(url, data=body, headers=headers, method=method)  # noqa: S310 - checked above
+    # certificate and host name verified (the default context); only https uses it
+    context = ssl.create_default_context() if url.startswith("https") else None
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - URL validated by config
-            status, raw = response.status, response.read()
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
+            status, raw = int(response.status), response.read(MAX_BODY + 1)
     except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    except (urllib.error.URLError, OSError) as exc:
-        raise AuthError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}", retry_after=5.0) from None
-    if not raw:
-        return status, None
+        status = exc.code
+        try:
+            raw = exc.read(MAX_BODY + 1)
+        except (OSError, http.client.HTTPException):
+            raw = b""
+    except urllib.error.URLError as exc:
+        raise _Unreachable(str(exc.reason)) from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise _Unreachable(f"{type(exc).__name__}: {exc}") from None
+    return status, raw
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | str:
+    """The body as a JSON object, or why it is not one."""
+    if len(raw) > MAX_BODY:
+        return "response body too large"
     try:
-        return status, orjson.loads(raw)
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return status, None
+        return "response is not JSON"
+    return data if isinstance(data, dict) else "response is not a JSON object"
+
+
+def _grant_of(data: dict[str, Any]) -> Grant | Failed:
+    token, expiry, user_id = data.get("accessToken"), data.get("expirationTime"), data.get("userId")
+    if not isinstance(token, str) or not token or not isinstance(expiry, str):
+        return Failed("response has no accessToken/expirationTime")
+    register_secret(token)
+    md_token = data.get("mdAccessToken")
+    if isinstance(md_token, str):
+        register_secret(md_token)
+    try:
+        expires_at = parse_expiration(expiry)
+    except ValueError:
+        return Failed("expirationTime is not an ISO-8601 timestamp")
+    uid = user_id if isinstance(user_id, int) and not isinstance(user_id, bool) else None
+    return Grant(token, expires_at, uid)
+
+
+def _penalty_outcome(data: dict[str, Any]) -> Penalty | Captcha | Failed | None:
+    try:
+        penalty = penalty_of(data)
+    except ProtocolError:
+        return Failed("malformed time penalty (p-ticket/p-time)")
+    if penalty is None:
+        return None
+    if penalty.captcha:
+        return Captcha()
+    return Penalty(penalty.ticket, max(0.0, penalty.time))
+
+
+def _endpoint(rest_url: str, path: str) -> str:
+    return rest_url.rstrip("/") + path
+
+
+_JSON_HEADERS: Final = {"Content-Type": "application/json", "Accept": "application/json"}
+
+
+def request_token(
+    rest_url: str,
+    credentials: Credentials,
+    *,
+    app_id: str,
+    app_version: str,
+    cid: int,
+    device_id: str,
+    ticket: str | None = None,
+    timeout: float = 10.0,
+) -> Outcome:
+    """One ``POST auth/accesstokenrequest`` (with ``p-ticket`` when given), classified; never sleeps."""
+    register_secret(credentials.password)
+    register_secret(credentials.secret)
+    body: dict[str, Any] = {
+        "name": credentials.username,
+        "password": credentials.password,
+        "appId": app_id,
+        "appVersion": app_version,
+        "cid": cid,
+        "sec": credentials.secret,
+        "deviceId": device_id,
+    }
+    if ticket is not None:
+        body["p-ticket"] = ticket
+    try:
+        status, raw = _http(_endpoint(rest_url, "/auth/accesstokenrequest"), body=orjson.dumps(body),
+                            headers=_JSON_HEADERS, timeout=timeout)
+    except _Unreachable as exc:
+        return Failed(f"cannot reach the REST endpoint: {exc}")
+    if status in LOCKOUT_STATUSES:
+        return Locked(status)
+    if status != 200:
+        return Failed(f"HTTP {status}")
+    data = _json_object(raw)
+    if isinstance(data, str):
+        return Failed(data)
+    penalty = _penalty_outcome(data)
+    if penalty is not None:
+        return penalty
+    error = data.get("errorText")
+    if error:
+        return Refused(str(error))
+    return _grant_of(data)
+
+
+def renew_token(rest_url: str, token: str, *, timeout: float = 10.0) -> Outcome:
+    """One ``GET auth/renewaccesstoken`` with the bearer token, classified; never sleeps.
+
+    401 (and 400, which some docs list for an expired token) or an ``errorText``
+    give :class:`Unauthorized`: the caller logs in again.
+    """
+    register_secret(token)
+    headers = {"Accept": "application/json", "Authorization": f"Bearer {token}"}
+    try:
+        status, raw = _http(_endpoint(rest_url, "/auth/renewaccesstoken"), body=None, headers=headers,
+                            timeout=timeout)
+    except _Unreachable as exc:
+        return Failed(f"cannot reach the REST endpoint: {exc}")
+    if status in (400, 401):
+        return Unauthorized()
+    if status in LOCKOUT_STATUSES:
+        return Locked(status)
+    if status != 200:
+        return Failed(f"HTTP {status}")
+    data = _json_object(raw)
+    if isinstance(data, str):
+        return Failed(data)
+    penalty = _penalty_outcome(data)
+    if penalty is not None:
+        return penalty
+    if data.get("errorText"):
+        return Unauthorized()
+    return _grant_of(data)
+
+
+# --- the pipe ----------------------------------------------------------------------------
+
+
+def outcome_to_json(outcome: Outcome) -> bytes:
+    """The outcome as a JSON object with a ``kind``; the token travels only on this pipe."""
+    match outcome:
+        case Grant(token, expires_at, user_id):
+            doc: dict[str, Any] = {"kind": "grant", "token": token, "expires_at": expires_at, "user_id": user_id}
+        case Penalty(ticket, wait):
+            doc = {"kind": "penalty", "ticket": ticket, "wait": wait}
+        case Captcha():
+            doc = {"kind": "captcha"}
+        case Locked(status):
+            doc = {"kind": "locked", "status": status}
+        case Refused(text):
+            doc = {"kind": "refused", "text": text}
+        case Unauthorized():
+            doc = {"kind": "unauthorized"}
+        case Failed(reason):
+            doc = {"kind": "failed", "reason": reason}
+        case _:
+            raise TypeError(f"not an auth outcome: {type(outcome).__name__}")
+    return orjson.dumps(doc)
+
+
+def _field(doc: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = doc.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"auth outcome field {key!r} is missing or has the wrong type")
+    return value
+
+
+def outcome_from_json(data: bytes) -> Outcome:
+    """Parse :func:`outcome_to_json` output; raises ``ValueError`` on anything else."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise ValueError("auth outcome is not JSON") from None
+    if not isinstance(doc, dict):
+        raise ValueError("auth outcome is not a JSON object")
+    kind = doc.get("kind")
+    if kind == "grant":
+        token = _field(doc, "token", str)
+        register_secret(token)
+        user_id = doc.get("user_id")
+        if user_id is not None:
+            user_id = _field(doc, "user_id", int)
+        return Grant(token, float(_field(doc, "expires_at", (int, float))), user_id)
+    if kind == "penalty":
+        return Penalty(_field(doc, "ticket", str), float(_field(doc, "wait", (int, float))))
+    if kind == "captcha":
+        return Captcha()
+    if kind == "locked":
+        return Locked(_field(doc, "status", int))
+    if kind == "refused":
+        return Refused(_field(doc, "text", str))
+    if kind == "unauthorized":
+        return Unauthorized()
+    if kind == "failed":
+        return Failed(_field(doc, "reason", str))
+    raise ValueError(f"unknown auth outcome kind {kind!r}")
+
+
+# --- the blocking convenience ------------------------------------------------------------
 
 
 def login(
@@ -86,45 +395,33 @@ def login(
     timeout: float = 10.0,
     lockout_backoff: float = 3600.0,
     captcha_backoff: float = 3600.0,
+    max_penalties: int = 3,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Grant:
-    """``POST auth/accesstokenrequest``; waits out a p-ticket penalty and retries once with it."""
-    body: dict[str, Any] = {
-        "name": credentials.username,
-        "password": credentials.password,
-        "appId": app_id,
-        "appVersion": app_version,
-        "cid": cid,
-        "sec": credentials.secret,
-        "deviceId": device_id,
-    }
-    url = rest_url.rstrip("/") + "/auth/accesstokenrequest"
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    for _ in range(3):
-        status, data = _request(url, orjson.dumps(body), headers, timeout)
-        if status in (423, 429):
-            raise AuthError(f"login rate-limited (HTTP {status}); no attempt for {lockout_backoff:g} s",
-                            retry_after=lockout_backoff)
-        if status != 200 or not isinstance(data, dict):
-            raise AuthError(f"login failed: HTTP {status}", retry_after=30.0)
-        try:
-            penalty = penalty_of(data)
-        except ProtocolError as exc:
-            raise AuthError(f"login failed: {exc}", retry_after=30.0) from None
-        if penalty is not None:
-            if penalty.captcha:
-                raise AuthError(
-                    f"login needs a captcha (p-captcha); no attempt for {captcha_backoff:g} s",
-                    retry_after=captcha_backoff,
-                )
-            sleep(penalty.time)
-            body["p-ticket"] = penalty.ticket
-            continue
-        if data.get("errorText"):
-            raise AuthError(f"login refused: {data['errorText']}")
-        token, expiry = data.get("accessToken"), data.get("expirationTime")
-        if not isinstance(token, str) or not isinstance(expiry, str):
-            raise AuthError("login response has no accessToken/expirationTime", retry_after=30.0)
-        user_id = data.get("userId")
-        return Grant(token, parse_expiration(expiry), user_id if isinstance(user_id, int) else None)
+    """Log in, blocking: waits out up to ``max_penalties`` p-ticket penalties; raises :class:`AuthError` otherwise.
+
+    For the demo, benchmarks and tests; the daemon's parent uses the keeper and one-shot calls instead.
+    """
+    ticket: str | None = None
+    for _ in range(max_penalties + 1):
+        outcome = request_token(rest_url, credentials, app_id=app_id, app_version=app_version, cid=cid,
+                                device_id=device_id, ticket=ticket, timeout=timeout)
+        match outcome:
+            case Grant():
+                return outcome
+            case Penalty(next_ticket, wait):
+                sleep(wait)
+                ticket = next_ticket
+            case Captcha():
+                raise AuthError(f"login needs a captcha (p-captcha); no attempt for {captcha_backoff:g} s",
+                                retry_after=captcha_backoff)
+            case Locked(status):
+                raise AuthError(f"login rate-limited (HTTP {status}); no attempt for {lockout_backoff:g} s",
+                                retry_after=lockout_backoff)
+            case Refused(text):
+                raise AuthError(f"login refused: {text}")
+            case Failed(reason):
+                raise AuthError(f"login failed: {reason}", retry_after=5.0)
+            case _:
+                raise AuthError(f"login failed: unexpected outcome {type(outcome).__name__}", retry_after=30.0)
     raise AuthError("login kept getting time penalties", retry_after=60.0)

@@ -85,7 +85,7 @@ def _reexec_without_credentials(config: str, credentials: Credentials) -> NoRetu
     os.set_inheritable(read_fd, True)
     env = {k: v for k, v in os.environ.items() if k not in credential_env_names()}
     argv = [sys.executable, "-m", "shardsync", "run", "-c", config, "--credentials-fd", str(read_fd)]
-    os.execve(sys.executable, argv, env)
+    os.execve(sys.executable, argv, env)  # noqa: S606 - our own interpreter, fixed argv
 
 
 def _read_credentials(fd: int) -> Credentials:

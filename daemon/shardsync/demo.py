@@ -1,8 +1,10 @@
-"""``shardsync demo``: the simulator plus one worker per shard, with a live status table.
+"""``shardsync demo``: the simulator plus a real 4-shard daemon, with a live status table.
 
-Until the supervisor lands, the demo runs each shard's worker on a thread of
-this process (the same Worker class the supervisor forks); the simulator runs
-as a child process on a random loopback port.
+Everything runs from ``--state-dir`` (default ``./demo-state``): the generated
+config, a chmod-600 credentials file, the daemon's JSON log, and one SQLite
+file per shard.  The simulator and the daemon run in their own sessions, so
+Ctrl-C reaches only this process, which then stops the daemon cleanly (SIGTERM)
+and the simulator after it.
 """
 
 from __future__ import annotations
@@ -11,21 +13,22 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import orjson
 
-from shardsync import ipc
-from shardsync.auth import Credentials, login
-from shardsync.logs import configure_logging
+from shardsync.auth import Credentials
 from shardsync.prctl import set_pdeathsig
-from shardsync.worker.options import WorkerOptions
-from shardsync.worker.session import run_in_process
+from shardsync.statusclient import StatusUnavailable, fetch_status, render_table
 
 DEMO_CREDENTIALS = Credentials("demo", "demo-password", "demo-secret")
+SHUTDOWN_TIMEOUT = 10.0
+
+
+def _own_session_dying_with_us() -> None:
+    os.setsid()
+    set_pdeathsig(signal.SIGTERM)
 
 
 def start_simulator(event_rate: float, extra: list[str] | None = None) -> tuple[subprocess.Popen[bytes], int]:
@@ -33,7 +36,8 @@ def start_simulator(event_rate: float, extra: list[str] | None = None) -> tuple[
     argv = [sys.executable, "-m", "shardsync.simulator", "--port", "0", "--event-rate", str(event_rate)]
     # The simulator must not outlive us, even when we are SIGKILLed.
     proc = subprocess.Popen(
-        argv + (extra or []), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, preexec_fn=set_pdeathsig  # noqa: PLW1509
+        argv + (extra or []), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        preexec_fn=_own_session_dying_with_us,  # noqa: PLW1509 - no threads at this point
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -45,83 +49,114 @@ def start_simulator(event_rate: float, extra: list[str] | None = None) -> tuple[
         raise RuntimeError(f"simulator did not report its port: {line[:200]!r}") from None
 
 
-class _Shard:
-    def __init__(self, remainder: int) -> None:
-        self.remainder = remainder
-        self.beat: ipc.Heartbeat | None = None
-        self.beat_at = 0.0
-        self.inbox_r, self.inbox_w = os.pipe()
-        self.thread: threading.Thread | None = None
+def write_demo_files(state: Path, port: int, shards: int) -> Path:
+    """The daemon's config and credentials file for a simulator on ``port``; returns the config path."""
+    credentials = state / "credentials.toml"
+    credentials.write_text(
+        f'username = "{DEMO_CREDENTIALS.username}"\n'
+        f'password = "{DEMO_CREDENTIALS.password}"\n'
+        f'secret = "{DEMO_CREDENTIALS.secret}"\n'
+    )
+    credentials.chmod(0o600)
+    config = state / "shardsync.toml"
+    config.write_text(f"""# Written by `shardsync demo`: a {shards}-shard daemon against the local simulator.
+[tradovate]
+rest_url = "http://127.0.0.1:{port}/v1"
+ws_url = "ws://127.0.0.1:{port}/v1/websocket"
+app_id = "shardsync-demo"
+cid = 1
 
-    def on_message(self, message: ipc.Message) -> None:
-        if isinstance(message, ipc.Heartbeat):
-            self.beat, self.beat_at = message, time.monotonic()
+[credentials]
+file = "{credentials.resolve()}"
+
+[sync]
+divisor = {shards}
+
+[supervisor]
+connect_spacing = 0.1
+shutdown_timeout = {SHUTDOWN_TIMEOUT}
+
+[sink]
+kind = "sqlite"
+path = "{state.resolve()}"
+
+[status]
+listen = "127.0.0.1:0"
+
+[log]
+format = "json"
+""")
+    return config
 
 
-def _table(shards: list[_Shard], started: float) -> str:
-    rows = [f"shardsync demo — {len(shards)} shards, up {time.monotonic() - started:5.1f} s (Ctrl-C stops)",
-            f"{'shard':>5}  {'state':<14}{'entities':>9}{'events':>8}{'frames':>8}{'reconn':>7}  last error"]
-    for shard in shards:
-        b = shard.beat
-        if b is None:
-            rows.append(f"{shard.remainder:>5}  {'starting':<14}")
-            continue
-        rows.append(f"{shard.remainder:>5}  {b.state:<14}{b.entities:>9}{b.events:>8}{b.frames:>8}"
-                    f"{b.reconnects:>7}  {(b.last_error or '')[:50]}")
-    return "\n".join(rows)
+def _status_port(log: Path, daemon: subprocess.Popen[bytes], deadline: float) -> int:
+    while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            raise RuntimeError(f"the daemon exited with {daemon.returncode}; see {log}")
+        for raw in log.read_bytes().splitlines():
+            try:
+                line = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if line.get("event") == "status_listening":
+                return int(line["port"])
+        time.sleep(0.1)
+    raise RuntimeError(f"the daemon did not open its status port; see {log}")
 
 
 def run_demo(*, state_dir: str, shards: int, duration: float, event_rate: float) -> int:
-    """Run until Ctrl-C (or ``duration``); returns the exit code."""
+    """Run until Ctrl-C (or ``duration`` seconds); returns the daemon's exit code."""
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True)
-    log_file = open(state / "demo.log", "ab")  # noqa: SIM115 - lives as long as the demo
-    configure_logging(fmt="json", level="info", stream=log_file)
+    stop = False
+
+    def request_stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
     sim, port = start_simulator(event_rate)
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    table: list[_Shard] = [_Shard(r) for r in range(shards)]
+    log_path = state / "daemon.log"
+    daemon: subprocess.Popen[bytes] | None = None
     try:
-        grant = login(f"http://127.0.0.1:{port}/v1", DEMO_CREDENTIALS, app_id="shardsync-demo", app_version="1.0",
-                      cid=1, device_id="shardsync-demo")
-        options = WorkerOptions(
-            ws_url=f"ws://127.0.0.1:{port}/v1/websocket",
-            divisor=shards,
-            expression="modAccountId",
-            entity_types=("user", "account", "accountRiskStatus", "cashBalance", "position", "order", "fill"),
-            sink_path=str(state),
-            permits=False,
-        )
-        for shard in table:
-            ipc.send(shard.inbox_w, ipc.Token(grant.token, grant.expires_at))
-            shard.thread = threading.Thread(
-                target=run_in_process, args=(options, shard.remainder, shard.inbox_r, shard.on_message),
-                name=f"shard-{shard.remainder}", daemon=True,
+        config = write_demo_files(state, port, shards)
+        with open(log_path, "ab") as log:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "shardsync", "run", "-c", str(config)],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=_own_session_dying_with_us,  # noqa: PLW1509
             )
-            shard.thread.start()
+        url = f"http://127.0.0.1:{_status_port(log_path, daemon, time.monotonic() + 30)}/status"
         started = time.monotonic()
         tty = sys.stdout.isatty()
-        while not stop.wait(1.0):
-            text = _table(table, started)
-            sys.stdout.write(("\x1b[H\x1b[J" if tty else "") + text + "\n")
+        while not stop and daemon.poll() is None:
+            try:
+                text = render_table(fetch_status(url))
+            except StatusUnavailable as exc:
+                text = f"status unavailable: {exc}"
+            header = f"shardsync demo: simulator on port {port}, logs in {log_path} (Ctrl-C stops)"
+            sys.stdout.write(("\x1b[H\x1b[J" if tty else "") + header + "\n" + text + "\n\n")
             sys.stdout.flush()
             if duration and time.monotonic() - started >= duration:
                 break
+            time.sleep(1.0)
         print(f"stopping; shard files are in {state.resolve()}")
-        return 0
+        return _stop(daemon)
     finally:
-        for shard in table:
-            ipc.send(shard.inbox_w, ipc.Stop())
-        for shard in table:
-            if shard.thread is not None:
-                shard.thread.join(timeout=5)
+        if daemon is not None and daemon.poll() is None:
+            daemon.kill()
         sim.terminate()
         try:
             sim.wait(timeout=5)
         except subprocess.TimeoutExpired:
             sim.kill()
-        log_file.close()
 
 
-__all__: list[Any] = ["run_demo", "start_simulator"]
+def _stop(daemon: subprocess.Popen[bytes]) -> int:
+    if daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)
+    try:
+        return daemon.wait(SHUTDOWN_TIMEOUT + 5)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        return daemon.wait()

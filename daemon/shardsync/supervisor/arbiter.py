@@ -267,9 +267,8 @@ class Arbiter:
             else:
                 self.log.warning("token_rejected_by_server", shard=shard.remainder)
                 self.keeper.need_token(message.rejected, self.wall())
-        elif isinstance(message, ipc.Hello):
-            if message.pid != shard.pid or message.remainder != shard.remainder:
-                self.log.error("worker_hello_mismatch", shard=shard.remainder, hello=repr(message))
+        elif isinstance(message, ipc.Hello) and (message.pid != shard.pid or message.remainder != shard.remainder):
+            self.log.error("worker_hello_mismatch", shard=shard.remainder, hello=repr(message))
 
     def reap(self) -> None:
         """Collect every exited child (waitpid until none is left), decoding how it ended."""

@@ -7,6 +7,7 @@ exits.  The token crosses only that pipe.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from typing import NoReturn
@@ -60,16 +61,12 @@ class AuthCall:
             return auth.Failed(f"login helper answer unreadable: {exc}")
 
     def kill(self) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.close(self.fd)
-        except OSError:
-            pass
 
 
 def _child(action: Action, settings: Settings, credentials: Credentials, fd: int, timeout: float) -> NoReturn:
@@ -95,7 +92,7 @@ def _child(action: Action, settings: Settings, credentials: Credentials, fd: int
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-    except BaseException:  # noqa: BLE001 - never fall back into the parent's code
+    except BaseException:
         code = 1
     finally:
         os._exit(code)

@@ -9,6 +9,7 @@ into the parent's code.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -29,10 +30,9 @@ def close_inherited(keep: set[int]) -> None:
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd > 2 and fd not in keep:
-            try:
+            # The listing's own descriptor is already gone by now.
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass  # the listing's own descriptor is already gone
 
 
 def run_child(
@@ -69,12 +69,12 @@ def run_child(
             return ipc.send(outbox_fd, message)
 
         code = Worker(options, remainder, inbox_fd=inbox_fd, send=send, wake_fd=wake_r).run()
-    except BaseException:  # noqa: BLE001 - whatever happens, the child must exit here
+    except BaseException:
         try:
             from shardsync.logs import get_logger
 
             get_logger("shardsync.worker").exception("worker_crashed", remainder=remainder)
-        except BaseException:  # noqa: BLE001
+        except BaseException:
             traceback.print_exc(file=sys.stderr)
         code = EXIT_CRASH
     finally:

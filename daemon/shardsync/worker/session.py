@@ -10,7 +10,6 @@ looks dead to the parent, which is the point.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import random
 import selectors
@@ -22,6 +21,7 @@ from typing import Any
 import structlog
 
 from shardsync import ipc, protocol
+from shardsync.auth import fingerprint
 from shardsync.backoff import Backoff
 from shardsync.change import Change
 from shardsync.mirror import Mirror, MirrorError
@@ -63,11 +63,6 @@ class Stopping(Exception):
 def utc_now() -> str:
     """Wall-clock time as ISO-8601 UTC with milliseconds."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def fingerprint(token: str) -> str:
-    """A short, non-reversible tag for a token, safe to log and send."""
-    return hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
 class Worker:
