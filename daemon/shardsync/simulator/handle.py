@@ -108,7 +108,8 @@ class Simulator:
 
     def stats(self) -> dict[str, Any]:
         """Counters: connections per remainder, logins, renewals, authorize attempts, syncrequests,
-        client heartbeat times per connection, closes seen."""
+        client heartbeat times per connection, closes seen, ``handshakes`` (sockets between the accepted
+        upgrade and a successful authorize, or their close) and its maximum so far, ``peak_handshakes``."""
         return self.call(lambda s: s.stats())
 
     def connections(self) -> dict[int, int]:
@@ -164,6 +165,9 @@ class Simulator:
 
     def lockout(self, status: int = 429, count: int = 1) -> None:
         self.call(lambda s: s.lockout(status, count))
+
+    def replay(self, count: int = 100, remainder: int | None = None, divisor: int | None = None) -> int:
+        return self.call(lambda s: s.replay(count, remainder, divisor))
 
     def system_event(self, name: str = "OtherEnvAdminAlertSignal", data: Any = None,
                      remainder: int | None = None, divisor: int | None = None) -> int:

@@ -72,6 +72,8 @@ class SimServer:
         self._heartbeats: dict[int, list[float]] = defaultdict(list)
         self._closes: list[dict[str, Any]] = []
         self._ws_total = 0
+        self._handshaking = 0
+        self._peak_handshakes = 0
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> int:
@@ -214,7 +216,7 @@ class SimServer:
             "stall": self.stall, "unstall": self.unstall, "pause": self.pause, "resume": self.resume,
             "mutate": self.mutate, "step": self.step, "malformed": self.malformed, "inflate": self.inflate,
             "ws429": self.ws429, "penalty": self.penalty, "lockout": self.lockout, "event": self.system_event,
-            "configure": self.configure,
+            "replay": self.replay, "configure": self.configure,
         }
         handler = handlers.get(knob)
         if handler is None:
@@ -253,6 +255,14 @@ class SimServer:
     def note_close(self, conn_id: int, by: str, code: int, reason: str) -> None:
         self._closes.append({"conn": conn_id, "by": by, "code": code, "reason": reason})
 
+    def handshake_started(self) -> None:
+        """A WebSocket upgrade was accepted; it counts until its authorize succeeds or it closes."""
+        self._handshaking += 1
+        self._peak_handshakes = max(self._peak_handshakes, self._handshaking)
+
+    def handshake_ended(self) -> None:
+        self._handshaking -= 1
+
     def stats(self) -> dict[str, Any]:
         connections: dict[str, int] = defaultdict(int)
         unsynced = 0
@@ -267,6 +277,8 @@ class SimServer:
             "connections": dict(connections),
             "unsynced_connections": unsynced,
             "ws_connections_total": self._ws_total,
+            "handshakes": self._handshaking,
+            "peak_handshakes": self._peak_handshakes,
             "logins": self.auth.logins,
             "renewals": self.auth.renewals,
             "authorize_attempts": self.stats_authorize_attempts,
@@ -444,6 +456,18 @@ class SimServer:
         if status not in (423, 429):
             raise ValueError("status must be 423 or 429")
         self.auth.lockouts = [status] * count
+
+    def replay(self, count: int = 100, remainder: int | None = None, divisor: int | None = None) -> int:
+        """Send the last ``count`` live props of each socket again (the reported re-delivery of
+        a session's events); returns how many messages were re-sent."""
+        if count < 1:
+            raise ValueError("count must be >= 1")
+        sent = 0
+        for session in self.targets(remainder, divisor):
+            for message in list(session.sent_props)[-count:]:
+                session.enqueue(message)
+                sent += 1
+        return sent
 
     def system_event(self, name: str = "OtherEnvAdminAlertSignal", data: Any = None,
                      remainder: int | None = None, divisor: int | None = None) -> int:

@@ -7,6 +7,7 @@ stops reading and writing, a drop aborts the transport without a close frame.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import math
 import time
@@ -44,6 +45,8 @@ class WsSession:
         self._flush_scheduled = False
         self._fragments: list[bytes] = []
         self._list_toggle = False
+        #: Live props sent on this socket, newest last, for the replay knob.
+        self.sent_props: collections.deque[dict[str, Any]] = collections.deque(maxlen=10_000)
         now = time.monotonic()
         self.opened = now
         self.last_sent = now
@@ -52,6 +55,8 @@ class WsSession:
         self._unstalled = asyncio.Event()
         self._unstalled.set()
         self.closed = False
+        #: Between the accepted upgrade and a successful authorize (counted in the server's peak_handshakes).
+        self.handshaking = False
 
     @property
     def remainder(self) -> int | None:
@@ -71,6 +76,8 @@ class WsSession:
             self._finish()
             return
         self.server.sessions[self.id] = self
+        self.handshaking = True
+        self.server.handshake_started()
         self.send_raw(b"o")
         ticker = asyncio.create_task(self._tick())
         try:
@@ -82,6 +89,7 @@ class WsSession:
             self.server.sessions.pop(self.id, None)
             if not self.closed:
                 self.abort()
+            self._handshake_over()
 
     async def _read_loop(self) -> None:
         while not self.closed and self.proto.state is not State.CLOSED:
@@ -171,7 +179,13 @@ class WsSession:
             self.respond(request.id, 401, self._error("Invalid access token"))
             return
         self.token = token.value
+        self._handshake_over()
         self.respond(request.id, 200)
+
+    def _handshake_over(self) -> None:
+        if self.handshaking:
+            self.handshaking = False
+            self.server.handshake_ended()
 
     def _sync(self, request: wire.Request) -> None:
         server = self.server
@@ -242,6 +256,7 @@ class WsSession:
             entity = [entity]
         message = {"e": "props", "d": {"entityType": change.entity_type, "eventType": change.event_type,
                                        "entity": entity}}
+        self.sent_props.append(message)
         self.enqueue(message)
 
     def enqueue(self, message: dict[str, Any]) -> None:
@@ -306,6 +321,7 @@ class WsSession:
         if self.closed:
             return
         self.closed = True
+        self._handshake_over()
         self._unstalled.set()
         self.writer.transport.abort()
 
@@ -313,5 +329,6 @@ class WsSession:
         if self.closed:
             return
         self.closed = True
+        self._handshake_over()
         self._unstalled.set()
         self.writer.close()
