@@ -56,19 +56,19 @@ def run_child(
             signal.signal(sig, signal.SIG_IGN)
         for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, lambda *_: None)
+        from shardsync.worker import session
+
+        signal.signal(signal.SIGTERM, session.on_terminate)
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         scrub_environ()
         _set_title(f"shardsync: shard {remainder}/{options.divisor}")
         reconfigure_after_fork(remainder, options.divisor)
         os.set_blocking(outbox_fd, False)
 
-        from shardsync.worker.session import Worker
-
         def send(message: ipc.Message) -> bool:
             return ipc.send(outbox_fd, message)
 
-        code = Worker(options, remainder, inbox_fd=inbox_fd, send=send, wake_fd=wake_r).run()
+        code = session.Worker(options, remainder, inbox_fd=inbox_fd, send=send, wake_fd=wake_r).run()
     except BaseException:
         try:
             from shardsync.logs import get_logger

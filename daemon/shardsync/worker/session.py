@@ -60,6 +60,22 @@ class Stopping(Exception):
     """The parent asked us to stop, or the parent is gone."""
 
 
+#: True while the worker sits in a blocking call that only a signal can cut
+#: short (the TLS/WebSocket handshake, up to handshake_timeout).
+_interruptible = False
+
+
+def on_terminate(signum: int, frame: object) -> None:
+    """SIGTERM handler of a forked worker.
+
+    Normally it does nothing: the wakeup fd wakes the loop, which stops
+    cleanly.  During a handshake nothing reads that fd for seconds, so the
+    handshake is abandoned instead, and a dying parent's workers go at once.
+    """
+    if _interruptible:
+        raise Stopping
+
+
 def utc_now() -> str:
     """Wall-clock time as ISO-8601 UTC with milliseconds."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -190,6 +206,8 @@ class Worker:
         if self.options.permits:
             self._permit = False  # one permit, one connect
         self._set_state("connecting", busy_for=self.options.handshake_timeout)
+        global _interruptible  # noqa: PLW0603 - read by the signal handler, which has no other way in
+        _interruptible = True
         try:
             self.conn = Connection(
                 self.options.ws_url,
@@ -198,6 +216,8 @@ class Worker:
             )
         except ConnectionLost as exc:
             raise SessionEnded(str(exc)) from None
+        finally:
+            _interruptible = False
         self._ws_fd = self.conn.fileno()
         self._selector.register(self._ws_fd, selectors.EVENT_READ, "ws")
         now = self._clock()
