@@ -62,3 +62,15 @@ def test_fifo_and_no_duplicates() -> None:
         gate.request(r, 0.0)
     assert gate.grant(0.0) == [3, 1, 2]
     assert gate.next_at(0.0) == 5.0
+
+
+def test_a_waiting_permit_beat_read_after_the_grant_keeps_the_slot() -> None:
+    """A "waiting_permit" heartbeat the worker sent before its permit arrived does not free the slot."""
+    gate = PermitGate(max_concurrent=1, spacing=0.0, hold_max=30)
+    gate.request(0, 0.0)
+    gate.request(1, 0.0)
+    assert gate.grant(0.0) == [0]
+    gate.report(0, "waiting_permit")  # still in the pipe when the parent granted
+    assert gate.grant(0.1) == []
+    gate.report(0, "syncing")
+    assert gate.grant(0.2) == [1]

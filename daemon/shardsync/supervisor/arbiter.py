@@ -47,6 +47,11 @@ FIRST_BEAT_GRACE = 10.0
 HANG_GRACE = 0.5
 #: The loop wakes at least this often even when nothing is due.
 MAX_SLEEP = 5.0
+#: At most this many workers are forked per pass of the loop, so that starting
+#: many shards (64 at boot, or a reload adding many) never stalls the status
+#: endpoint, heartbeats and the watchdog for long: children compete for the CPU
+#: from their first instant and make every further fork slower.
+SPAWNS_PER_PASS = 4
 
 SIGNALS = {
     signal.SIGTERM: "term",
@@ -197,9 +202,10 @@ class Arbiter:
         return WorkerOptions.from_settings(settings)
 
     def add_shard(self, remainder: int, settings: Settings) -> None:
+        """A new shard; its worker is forked from the loop (run_timers), a few per pass."""
         shard = Shard(remainder, self.options_for(settings), shard_key(settings, remainder))
+        shard.next_start_at = self.clock()
         self.shards[remainder] = shard
-        self.spawn(shard)
 
     def spawn(self, shard: Shard) -> None:
         """Fork the worker of ``shard``; the old one, if any, is already reaped."""
@@ -340,9 +346,11 @@ class Arbiter:
 
     def run_timers(self, now: float) -> None:
         if not self.stopping:
-            for shard in list(self.shards.values()):
-                if not shard.running and shard.next_start_at is not None and now >= shard.next_start_at:
-                    self.spawn(shard)
+            due = [s for s in self.shards.values()
+                   if not s.running and s.next_start_at is not None and now >= s.next_start_at]
+            # The rest stay due: the loop's next select has a zero timeout and comes back here.
+            for shard in due[:SPAWNS_PER_PASS]:
+                self.spawn(shard)
         for shard in self.shards.values():
             if not shard.running:
                 continue

@@ -11,6 +11,10 @@ from __future__ import annotations
 from collections import OrderedDict
 
 HANDSHAKE_STATES = frozenset({"connecting", "authorizing"})
+#: States that do not end a granted permit: the handshake itself, and "waiting_permit"
+#: from a heartbeat the worker sent before the permit reached it (still in the pipe
+#: when the parent granted); a worker that really asks again calls request().
+HOLDING_STATES = HANDSHAKE_STATES | {"waiting_permit"}
 
 
 class PermitGate:
@@ -35,7 +39,7 @@ class PermitGate:
 
     def report(self, remainder: int, state: str) -> None:
         """A heartbeat arrived: a permit holder past its handshake frees its slot."""
-        if state not in HANDSHAKE_STATES:
+        if state not in HOLDING_STATES:
             self._in_flight.pop(remainder, None)
 
     def forget(self, remainder: int) -> None:
