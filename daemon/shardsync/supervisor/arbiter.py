@@ -106,6 +106,7 @@ class Arbiter:
         self.next_watchdog: float | None = None
         self._wakeup_r = -1
         self._last_status = ""
+        self._exiting_helpers: set[int] = set()
 
     # --- the loop ---------------------------------------------------------------
 
@@ -152,7 +153,9 @@ class Arbiter:
             self.status_server.handle(self.selector, key, mask)
 
     def children_alive(self) -> bool:
-        return any(s.running for s in self.shards.values()) or self.auth_call is not None
+        return any(s.running for s in self.shards.values()) or self.auth_call is not None or bool(
+            self._exiting_helpers
+        )
 
     # --- signals ------------------------------------------------------------------
 
@@ -291,6 +294,8 @@ class Arbiter:
             elif self.auth_call is not None and self.auth_call.pid == pid:
                 self.auth_call.exited = True
                 self.read_auth()
+            elif pid in self._exiting_helpers:
+                self._exiting_helpers.discard(pid)
             else:
                 self.log.warning("unknown_child_reaped", child_pid=pid, status=_describe(status))
 
@@ -446,9 +451,9 @@ class Arbiter:
             self.selector.unregister(call.fd)
         call.close()
         if not call.exited:
-            # The child wrote its answer and is exiting; reap() will collect it.
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(call.pid, 0)
+            # The helper has answered and is exiting; reap() collects it then,
+            # without ever blocking the loop on it.
+            self._exiting_helpers.add(call.pid)
         self.auth_call = None
         event = self.keeper.finished(call.action, outcome, self.wall())
         if isinstance(event, TokenChanged):
