@@ -3,8 +3,9 @@
 All runs read the same kind of stream from one simulator process: after the
 snapshot, the simulator is asked (admin API) for a burst of generated
 changes, which it writes into the socket at once, so the reader is the
-bottleneck.  Each run is timed from its first burst event to the moment the
-last one is received (bare loop) or committed to the sink (worker).
+bottleneck.  Each reader runs in its own forked process (as workers do under
+the supervisor), timed from its first burst event to the moment the last one
+is received (bare loop) or committed to the sink (worker).
 
     .venv/bin/python bench/throughput.py [--steps 15000] [--batch 1] [--repeat 3]
 
@@ -16,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import sqlite3
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -59,30 +60,44 @@ def token_for(port: int) -> str:
 
 
 def bare_loop(port: int, steps: int) -> tuple[int, float]:
-    """A websocket-client receive loop doing the minimum: count props events; returns events/s."""
-    ws = websocket.WebSocket(skip_utf8_validation=True)
-    ws.connect(f"ws://127.0.0.1:{port}/v1/websocket", timeout=10)
-    assert ws.recv() == "o"
-    ws.send(protocol.encode_authorize(0, token_for(port)))
-    body = protocol.sync_request_body(divisor=1, remainder=0, entity_types=ENTITY_TYPES)
-    ws.send(protocol.encode_request("user/syncrequest", 1, "", body))
-    while True:  # authorize reply, then the snapshot
-        frame = ws.recv_data()[1]
-        if b'"i":1' in frame:
-            break
+    """A websocket-client receive loop doing the minimum (count props events), in a child process."""
+    ready_r, ready_w = os.pipe()  # child -> parent: synced
+    go_r, go_w = os.pipe()  # parent -> child: how many events the burst holds
+    result_r, result_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            ws = websocket.WebSocket(skip_utf8_validation=True)
+            ws.connect(f"ws://127.0.0.1:{port}/v1/websocket", timeout=10)
+            assert ws.recv() == "o"
+            ws.send(protocol.encode_authorize(0, token_for(port)))
+            body = protocol.sync_request_body(divisor=1, remainder=0, entity_types=ENTITY_TYPES)
+            ws.send(protocol.encode_request("user/syncrequest", 1, "", body))
+            while b'"i":1' not in ws.recv_data()[1]:  # the authorize reply, then the snapshot
+                pass
+            os.write(ready_w, b"r")
+            events = int(os.read(go_r, 64))
+            seen, first = 0, 0.0
+            ws.settimeout(60)
+            while seen < events:
+                n = ws.recv_data()[1].count(b'"e":"props"')
+                if n and not seen:
+                    first = time.perf_counter()
+                seen += n
+            os.write(result_w, orjson.dumps(events / (time.perf_counter() - first)))
+            ws.close()
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.read(ready_r, 1) == b"r"
     events = burst(port, steps)
-    seen = 0
-    first = 0.0
-    ws.settimeout(60)
-    while seen < events:
-        _, frame = ws.recv_data()
-        n = frame.count(b'"e":"props"')
-        if n and not seen:
-            first = time.perf_counter()
-        seen += n
-    elapsed = time.perf_counter() - first
-    ws.close()
-    return events, events / elapsed
+    os.write(go_w, str(events).encode())
+    rate = float(orjson.loads(os.read(result_r, 64)))
+    os.waitpid(pid, 0)
+    for fd in (ready_r, ready_w, go_r, go_w, result_r, result_w):
+        os.close(fd)
+    return events, rate
 
 
 def sink_rows(kind: str, path: Path) -> int:
@@ -102,7 +117,11 @@ def sink_rows(kind: str, path: Path) -> int:
 
 
 def worker_run(port: int, steps: int, kind: str) -> tuple[int, float]:
-    """One worker into ``kind``; returns events/s from the first burst event to the last one committed."""
+    """One worker into ``kind``, in a child process as under the supervisor; returns events/s.
+
+    Timed from the first heartbeat that shows burst events to the moment the
+    sink holds every one of them; the bench only reads the worker's pipe.
+    """
     state = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
     options = WorkerOptions(
         ws_url=f"ws://127.0.0.1:{port}/v1/websocket", divisor=1, expression="modAccountId",
@@ -110,35 +129,46 @@ def worker_run(port: int, steps: int, kind: str) -> tuple[int, float]:
         heartbeat_interval=0.01, snapshot_quiet=0.2,
     )
     inbox_r, inbox_w = os.pipe()
-    beats: list[ipc.Heartbeat] = []
-
-    def on_message(message: ipc.Message) -> None:
-        if isinstance(message, ipc.Heartbeat):
-            beats.append(message)
-
+    out_r, out_w = os.pipe()
     ipc.send(inbox_w, ipc.Token(token_for(port), time.time() + 3600))
-    thread = threading.Thread(target=run_in_process, args=(options, 0, inbox_r, on_message), daemon=True)
-    thread.start()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.set_blocking(out_w, False)
+            code = run_in_process(options, 0, inbox_r, lambda m: ipc.send(out_w, m) and None)
+        finally:
+            os._exit(code)
+    reader = ipc.Reader(out_r)
+    os.set_blocking(out_r, False)
+    beat: list[ipc.Heartbeat] = []
+
+    def latest() -> ipc.Heartbeat | None:
+        select.select([out_r], [], [], 0.002)
+        beat.extend(m for m in reader.read() if isinstance(m, ipc.Heartbeat))
+        return beat[-1] if beat else None
+
     deadline = time.monotonic() + 30
-    while not (beats and beats[-1].state == "live"):
+    while not ((b := latest()) and b.state == "live"):
         if time.monotonic() > deadline:
             raise RuntimeError("worker did not reach live")
-        time.sleep(0.01)
-    base = beats[-1].events
+    base = beat[-1].events
     events = burst(port, steps)
     first = 0.0
     while True:
-        last = beats[-1]
+        last = latest()
+        assert last is not None
         if not first and last.events > base:
             first = time.perf_counter() - options.heartbeat_interval / 2
         if last.events - base >= events:
             break
-        time.sleep(0.002)
     while sink_rows(kind, state) < events:
         time.sleep(0.002)
     elapsed = time.perf_counter() - first
     ipc.send(inbox_w, ipc.Stop())
-    thread.join(10)
+    os.waitpid(pid, 0)
+    for fd in (inbox_r, inbox_w, out_r, out_w):
+        os.close(fd)
     return events, events / elapsed
 
 
