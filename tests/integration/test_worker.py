@@ -356,3 +356,13 @@ def test_replayed_events_are_deduplicated_and_converge(sim_factory: SimFactory, 
         assert sim.replay(count=30, remainder=0) == 30
         wait_until(lambda: worker.last_beat().frames > frames + 30, 10, "replayed frames")  # type: ignore[union-attr]
         worker.wait_converged()
+
+
+def test_late_snapshot_part_resyncs_with_a_longer_quiet_period(sim_factory: SimFactory, tmp_path: Path) -> None:
+    """A split part arriving after the quiet rule fired makes the worker resync with a doubled quiet period."""
+    sim = sim_factory(snapshot_mode="split", split_chunks=3, split_end="none", split_delay=0.5, event_rate=20)
+    with WorkerRun(sim, tmp_path, snapshot_quiet=0.3) as worker:
+        beat = worker.wait_live(after_reconnects=1, timeout=20)
+        assert beat.last_error is not None and "late snapshot part" in beat.last_error
+        worker.wait_converged()
+        assert len(sim.stats()["syncrequests"]) == 2

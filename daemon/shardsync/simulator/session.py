@@ -232,7 +232,13 @@ class WsSession:
             messages.append(wire.response(request_id, 200, {}))
         elif options.snapshot_mode == "split" and options.split_end == "flag":
             messages.append(wire.response(request_id, 200, {"done": True}))
-        if options.snapshot_frames == "one":
+        if options.snapshot_mode == "split" and options.split_delay > 0:
+            # A slow server: later chunks (and the props between them) come after
+            # live props already published, which is what makes a late chunk stale.
+            loop = asyncio.get_running_loop()
+            for index, message in enumerate(messages):
+                loop.call_later(index * options.split_delay, self.send_raw, wire.frame([message]))
+        elif options.snapshot_frames == "one":
             self.send_raw(wire.frame(messages))
         else:
             for message in messages:

@@ -41,6 +41,8 @@ from shardsync.worker.snapshot import SnapshotAssembler, SyncRejected
 
 AUTH_ID = 0
 SYNC_ID = 1
+#: The quiet period never grows beyond this (a late part doubles it).
+MAX_QUIET = 30.0
 
 
 class SessionEnded(Exception):
@@ -121,6 +123,8 @@ class Worker:
         self.mirror: Mirror | None = None
         self._pending: list[Change] = []
         self._pending_since = 0.0
+        #: The snapshot quiet period in use; doubled after a late part (see _late_part).
+        self._quiet = options.snapshot_quiet
         #: When the frames being handled were received (one timestamp per read pass).
         self._received_at = ""
 
@@ -285,7 +289,7 @@ class Worker:
         )
         self.conn.send(protocol.encode_request("user/syncrequest", SYNC_ID, "", body))
         self._set_state("syncing")
-        return SnapshotAssembler(SYNC_ID, split=self.options.split_responses, quiet=self.options.snapshot_quiet)
+        return SnapshotAssembler(SYNC_ID, split=self.options.split_responses, quiet=self._quiet)
 
     def _dispatch(self, message: object, assembler: SnapshotAssembler) -> None:
         assert self.mirror is not None
@@ -309,16 +313,21 @@ class Worker:
             raise SessionEnded(f"server closed the session: {message.code} {message.reason or ''}".strip())
 
     def _late_part(self, response: Response) -> None:
-        """A same-id part after completion: merge it as upserts, never delete."""
-        assert self.mirror is not None
+        """A same-id part after the quiet rule declared the snapshot complete: resync, waiting longer.
+
+        Merging it is not safe: it holds snapshot-time state, possibly older than
+        live props applied since (an entity deleted meanwhile would come back).
+        The reconciliation already emitted was against a partial snapshot; the
+        resync corrects it.  The quiet period doubles (up to 30 s) so a slow
+        server's snapshot completes on the next attempt.
+        """
         if not response.ok:
             raise SyncRejected(response.status, response.error_text)
         if protocol.is_snapshot_end(response.data):
             return
-        self.log.warning("late_snapshot_part")
-        now = self._received_at
-        for entity_type, entity in protocol.snapshot_entities(response.data):
-            self._add(self.mirror.diff_event(entity_type, "Updated", [entity], received_at=now))
+        self._quiet = min(2 * self._quiet, MAX_QUIET)
+        self.log.warning("late_snapshot_part", quiet=self._quiet)
+        raise SessionEnded(f"late snapshot part: resync with a {self._quiet:g} s quiet period", backoff=0.0)
 
     def _apply(self, event: PropsEvent | SystemEvent) -> None:
         assert self.mirror is not None
