@@ -12,7 +12,8 @@ decided by this rule, first match wins:
 
 Props that arrive before completion are buffered and handed back in order, to
 be applied after the snapshot has been reconciled.  A same-id part arriving
-after completion is "late": it is reported and merged as upserts by the caller.
+after completion is "late": the quiet rule fired too early, so the session
+resyncs with a doubled quiet period (worker/session.py ``_late_part``).
 """
 
 from __future__ import annotations
