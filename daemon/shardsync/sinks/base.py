@@ -10,7 +10,11 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self
 
+import orjson
+
 from shardsync.change import Change
+
+Row = tuple[Any, ...]
 
 #: The event types that touch the ``entities`` table; anything else from a
 #: non-system origin is a bug upstream and is refused rather than dropped.
@@ -104,3 +108,51 @@ def dump_error(sink: str, where: str, change: Change, exc: Exception) -> SinkErr
     return SinkError(
         f"{sink} sink: {where}: cannot serialize {change.entity_type} {change.event_type} id={change.id}: {exc}"
     )
+
+
+def batch_rows(
+    sink: str,
+    where: str,
+    changes: Sequence[Change],
+    *,
+    upsert: str,
+    delete: str,
+    event_prefix: tuple[Any, ...] = (),
+) -> tuple[list[tuple[str, list[Row]]], list[Row]]:
+    """Serialise a batch before any SQL runs: ordered runs of one statement each, and the event rows.
+
+    Consecutive entity operations of one kind share a run (one executemany);
+    runs keep their order so an Updated after a Deleted still wins. A bad
+    entity or event type fails the whole batch here, before the transaction.
+    """
+    runs: list[tuple[str, list[Row]]] = []
+    events: list[Row] = []
+    for change in changes:
+        try:
+            data = orjson.dumps(change.entity).decode()
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            raise dump_error(sink, where, change, exc) from exc
+        events.append(
+            (*event_prefix, change.received_at, change.origin, change.entity_type, change.event_type, change.id, data)
+        )
+        if change.origin == "system":
+            continue
+        if change.id is None:
+            raise SinkError(f"{sink} sink: {where}: {change.entity_type} {change.event_type} has no id")
+        statement: str
+        row: Row
+        if change.event_type in UPSERT_EVENTS:
+            statement = upsert
+            row = (change.entity_type, change.id, change.account_id, data, change.received_at)
+        elif change.event_type == DELETE_EVENT:
+            statement, row = delete, (change.entity_type, change.id)
+        else:
+            raise SinkError(
+                f"{sink} sink: {where}: unknown event type {change.event_type!r} "
+                f"for {change.entity_type} id={change.id}"
+            )
+        if runs and runs[-1][0] is statement:
+            runs[-1][1].append(row)
+        else:
+            runs.append((statement, [row]))
+    return runs, events

@@ -16,7 +16,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from shardsync.change import Change
-from shardsync.sinks.base import DELETE_EVENT, UPSERT_EVENTS, Sink, SinkError, check_shard, dump_error
+from shardsync.sinks.base import Row, Sink, SinkError, batch_rows, check_shard
 
 # ``json`` rather than ``jsonb``: it keeps the text exactly as received (key
 # order, duplicates), like the sqlite sink, and still allows ->> in queries.
@@ -64,7 +64,6 @@ APPEND = "COPY events (shard, received_at, origin, entity_type, event_type, id, 
 LOCK_CLASS = 0x5353
 SCHEMA_LOCK = -1
 
-Row = tuple[Any, ...]
 
 
 def redact(dsn: str) -> str:
@@ -168,38 +167,7 @@ class PostgresSink(Sink):
                 conn.close()
 
     def _rows(self, changes: Sequence[Change]) -> tuple[list[tuple[str, list[Row]]], list[Row]]:
-        # Same shape as the sqlite sink: ordered runs of one statement each.
-        runs: list[tuple[str, list[Row]]] = []
-        events: list[Row] = []
-        for change in changes:
-            try:
-                data = orjson.dumps(change.entity).decode()
-            except (TypeError, orjson.JSONEncodeError) as exc:
-                raise dump_error("postgres", self.where, change, exc) from exc
-            events.append(
-                (self.shard, change.received_at, change.origin, change.entity_type, change.event_type, change.id, data)
-            )
-            if change.origin == "system":
-                continue
-            if change.id is None:
-                raise SinkError(f"postgres sink: {self.where}: {change.entity_type} {change.event_type} has no id")
-            statement: str
-            row: Row
-            if change.event_type in UPSERT_EVENTS:
-                statement = UPSERT
-                row = (change.entity_type, change.id, change.account_id, data, change.received_at)
-            elif change.event_type == DELETE_EVENT:
-                statement, row = DELETE, (change.entity_type, change.id)
-            else:
-                raise SinkError(
-                    f"postgres sink: {self.where}: unknown event type {change.event_type!r} "
-                    f"for {change.entity_type} id={change.id}"
-                )
-            if runs and runs[-1][0] is statement:
-                runs[-1][1].append(row)
-            else:
-                runs.append((statement, [row]))
-        return runs, events
+        return batch_rows("postgres", self.where, changes, upsert=UPSERT, delete=DELETE, event_prefix=(self.shard,))
 
     def close(self) -> None:
         self._closed = True

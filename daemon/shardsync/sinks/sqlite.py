@@ -22,11 +22,10 @@ import orjson
 
 from shardsync.change import Change
 from shardsync.sinks.base import (
-    DELETE_EVENT,
-    UPSERT_EVENTS,
+    Row,
     Sink,
     SinkError,
-    dump_error,
+    batch_rows,
     ensure_dir,
     lock_exclusive,
     open_file,
@@ -67,7 +66,6 @@ APPEND = "INSERT INTO events (received_at, origin, entity_type, event_type, id, 
 #: holding a checkpoint) before failing the batch; the worker then retries.
 BUSY_TIMEOUT_MS = 5000
 
-Row = tuple[Any, ...]
 
 
 class SqliteSink(Sink):
@@ -171,46 +169,7 @@ class SqliteSink(Sink):
                 conn.close()
 
     def _rows(self, changes: Sequence[Change]) -> tuple[list[tuple[str, list[Row]]], list[Row]]:
-        # Consecutive entity operations of one kind go to one executemany;
-        # runs keep their order so an Updated after a Deleted still wins.
-        runs: list[tuple[str, list[Row]]] = []
-        events: list[Row] = []
-        for change in changes:
-            try:
-                data = orjson.dumps(change.entity).decode()
-            except (TypeError, orjson.JSONEncodeError) as exc:
-                raise dump_error("sqlite", self.file, change, exc) from exc
-            events.append(
-                (
-                    change.received_at,
-                    change.origin,
-                    change.entity_type,
-                    change.event_type,
-                    change.id,
-                    data,
-                )
-            )
-            if change.origin == "system":
-                continue
-            if change.id is None:
-                raise SinkError(f"sqlite sink: {self.file}: {change.entity_type} {change.event_type} has no id")
-            statement: str
-            row: Row
-            if change.event_type in UPSERT_EVENTS:
-                statement = UPSERT
-                row = (change.entity_type, change.id, change.account_id, data, change.received_at)
-            elif change.event_type == DELETE_EVENT:
-                statement, row = DELETE, (change.entity_type, change.id)
-            else:
-                raise SinkError(
-                    f"sqlite sink: {self.file}: unknown event type {change.event_type!r} "
-                    f"for {change.entity_type} id={change.id}"
-                )
-            if runs and runs[-1][0] is statement:
-                runs[-1][1].append(row)
-            else:
-                runs.append((statement, [row]))
-        return runs, events
+        return batch_rows("sqlite", self.file, changes, upsert=UPSERT, delete=DELETE)
 
     def close(self) -> None:
         conn, self._conn = getattr(self, "_conn", None), None
