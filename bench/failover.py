@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+# The system-test harness (and its polling helper) drive the real daemon here too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "system"))
 
 from harness import Daemon, wait_until

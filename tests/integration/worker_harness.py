@@ -6,12 +6,12 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from polling import wait_until
 from shardsync import ipc
 from shardsync.auth import Credentials, login
 from shardsync.simulator import Simulator
@@ -21,18 +21,6 @@ from shardsync.worker.session import run_in_process
 
 ENTITY_TYPES = ("user", "account", "accountRiskStatus", "cashBalance", "position", "order", "fill")
 CREDENTIALS = Credentials("demo", "demo-password", "demo-secret")
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, message: str = "condition") -> Any:
-    """Poll ``predicate`` every 10 ms until it returns something truthy or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
-        time.sleep(0.01)
 
 
 def get_token(sim: Simulator) -> str:

@@ -15,30 +15,6 @@ from harness import Daemon, children, proc_state
 from shardsync.simulator import Simulator
 
 
-@pytest.fixture
-def sim_factory() -> Iterator[Callable[..., Simulator]]:
-    """Start simulators with option overrides (quiet generator, few accounts unless asked); all stop at teardown."""
-    started: list[Simulator] = []
-
-    def make(**overrides: Any) -> Simulator:
-        overrides.setdefault("event_rate", 0)
-        overrides.setdefault("accounts", 12)
-        overrides.setdefault("users", 4)
-        sim = Simulator(**overrides).start()
-        started.append(sim)
-        return sim
-
-    yield make
-    for sim in started:
-        sim.stop()
-
-
-@pytest.fixture
-def sim_server(sim_factory: Callable[..., Simulator]) -> Simulator:
-    """A default simulator with the generator quiet, so snapshots can be compared with the truth."""
-    return sim_factory()
-
-
 def _is_worker(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"shardsync: shard")

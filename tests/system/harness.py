@@ -2,35 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+import polling
 from shardsync.simulator import Simulator
 
 USERNAME, PASSWORD, SECRET = "demo", "demo-password", "demo-secret"
 
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, message: str = "condition") -> Any:
-    """Poll ``predicate`` every 20 ms until it returns something truthy or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
-        time.sleep(0.02)
+#: System-test predicates hit HTTP and SQLite: poll every 20 ms.
+wait_until = functools.partial(polling.wait_until, interval=0.02)
 
 
 def write_credentials(path: Path, mode: int = 0o600, **overrides: str) -> Path:

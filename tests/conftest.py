@@ -1,4 +1,4 @@
-"""Shared fixtures for integration tests (simulator fixtures carry the ``sim_`` prefix)."""
+"""Fixtures shared by every test directory (simulator fixtures carry the ``sim_`` prefix)."""
 
 from __future__ import annotations
 
