@@ -272,6 +272,11 @@ def request_token(
                             headers=_JSON_HEADERS, timeout=timeout)
     except _Unreachable as exc:
         return Failed(f"cannot reach the REST endpoint: {exc}")
+    return _token_outcome(status, raw, Refused)
+
+
+def _token_outcome(status: int, raw: bytes, on_error_text: Callable[[str], Outcome]) -> Outcome:
+    """Classify an access-token response (login or renewal): lock-out, failure, penalty, errorText or grant."""
     if status in LOCKOUT_STATUSES:
         return Locked(status)
     if status != 200:
@@ -284,7 +289,7 @@ def request_token(
         return penalty
     error = data.get("errorText")
     if error:
-        return Refused(str(error))
+        return on_error_text(str(error))
     return _grant_of(data)
 
 
@@ -303,19 +308,7 @@ def renew_token(rest_url: str, token: str, *, timeout: float = 10.0) -> Outcome:
         return Failed(f"cannot reach the REST endpoint: {exc}")
     if status in (400, 401):
         return Unauthorized()
-    if status in LOCKOUT_STATUSES:
-        return Locked(status)
-    if status != 200:
-        return Failed(f"HTTP {status}")
-    data = _json_object(raw)
-    if isinstance(data, str):
-        return Failed(data)
-    penalty = _penalty_outcome(data)
-    if penalty is not None:
-        return penalty
-    if data.get("errorText"):
-        return Unauthorized()
-    return _grant_of(data)
+    return _token_outcome(status, raw, lambda _error: Unauthorized())
 
 
 # --- the pipe ----------------------------------------------------------------------------
