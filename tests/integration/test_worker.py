@@ -11,8 +11,10 @@ from typing import Any
 
 import orjson
 import pytest
-from worker_harness import WorkerRun, get_token, read_events, read_sqlite, wait_until
+from worker_harness import WorkerRun, get_token
 
+from polling import wait_until
+from shardfile import read_events, read_sqlite
 from shardsync import ipc
 from shardsync.simulator import Simulator
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import urllib.error
@@ -16,6 +15,7 @@ from typing import Any
 import orjson
 
 import polling
+from shardfile import read_sqlite
 from shardsync.simulator import Simulator
 
 USERNAME, PASSWORD, SECRET = "demo", "demo-password", "demo-secret"
@@ -208,15 +208,7 @@ class Daemon:
         return self.state / f"shard-{remainder:03d}-of-{self.divisor:03d}.sqlite3"
 
     def sink_entities(self, remainder: int) -> dict[tuple[str, int], dict[str, Any]]:
-        path = self.db_path(remainder)
-        if not path.exists():
-            return {}
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            rows = conn.execute("SELECT entity_type, id, data FROM entities").fetchall()
-        finally:
-            conn.close()
-        return {(t, i): orjson.loads(d) for t, i, d in rows}
+        return read_sqlite(self.db_path(remainder))
 
     def truth(self, remainder: int, entity_types: list[str] | None = None) -> dict[tuple[str, int], Any]:
         types = entity_types or ["user", "account", "accountRiskStatus", "cashBalance", "position", "order", "fill"]

@@ -171,6 +171,11 @@ class Generator:
     def _orders_of(self, account_id: int) -> list[Entity]:
         return [o for o in self.truth.of_type("order") if o["accountId"] == account_id]
 
+    def _working_order(self, account_id: int) -> Entity | None:
+        """A random working order of the account, if it has any."""
+        working = [o for o in self._orders_of(account_id) if o["ordStatus"] == "Working"]
+        return self.rng.choice(working) if working else None
+
     def _too_many_orders(self, account_id: int) -> bool:
         return len(self._orders_of(account_id)) >= _MAX_ORDERS_PER_ACCOUNT
 
@@ -202,12 +207,11 @@ class Generator:
         ]  # fmt: skip
 
     def _fill_order(self, account_id: int) -> list[Change]:
-        working = [o for o in self._orders_of(account_id) if o["ordStatus"] == "Working"]
-        if not working:
+        order = self._working_order(account_id)
+        if order is None:
             return []
         t = self.truth
         now = self.clock()
-        order = self.rng.choice(working)
         version = next((v for v in t.of_type("orderVersion") if v["orderId"] == order["id"]), None)
         qty = int(version["orderQty"]) if version else 1
         price = float(version["price"]) if version else 0.0
@@ -247,12 +251,11 @@ class Generator:
         return changes
 
     def _cancel_order(self, account_id: int) -> list[Change]:
-        working = [o for o in self._orders_of(account_id) if o["ordStatus"] == "Working"]
-        if not working:
+        order = self._working_order(account_id)
+        if order is None:
             return []
         t = self.truth
         now = self.clock()
-        order = self.rng.choice(working)
         command_id = t.next_id("command")
         return [
             t.upsert("command", {
