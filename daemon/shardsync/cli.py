@@ -14,6 +14,7 @@ from shardsync import __version__
 
 if TYPE_CHECKING:
     from shardsync.auth import Credentials
+    from shardsync.config import Settings
 
 EX_OK = 0
 EX_ERROR = 1
@@ -22,27 +23,33 @@ EX_NOPERM = 77
 EX_CONFIG = 78
 
 
-def _check_config(args: argparse.Namespace) -> int:
-    from shardsync.config import ConfigError, load_config, render_settings
+def _load(path: str) -> Settings | None:
+    """The validated settings, or None after printing every problem (the caller exits 78)."""
+    from shardsync.config import ConfigError, load_config
 
     try:
-        settings = load_config(args.config)
+        return load_config(path)
     except ConfigError as exc:
         print(f"shardsync: invalid configuration\n{exc}", file=sys.stderr)
+        return None
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from shardsync.config import render_settings
+
+    settings = _load(args.config)
+    if settings is None:
         return EX_CONFIG
     print(render_settings(settings))
     return EX_OK
 
 
 def _run(args: argparse.Namespace) -> int:
-    from shardsync.config import ConfigError, load_config
     from shardsync.credentials import CredentialsError, credential_env_names, load_credentials
     from shardsync.logs import configure_logging, get_logger, register_secret
 
-    try:
-        settings = load_config(args.config)
-    except ConfigError as exc:
-        print(f"shardsync: invalid configuration\n{exc}", file=sys.stderr)
+    settings = _load(args.config)
+    if settings is None:
         return EX_CONFIG
     configure_logging(fmt=settings.log.format, level=settings.log.level, secrets=settings.secrets())
     log = get_logger("shardsync")
