@@ -29,7 +29,7 @@ from shardsync.supervisor.notify import Notifier
 from shardsync.supervisor.permits import PermitGate
 from shardsync.supervisor.policy import Escalate, Park, Restart, RestartPolicy, heartbeat_deadline
 from shardsync.supervisor.shard import Shard
-from shardsync.supervisor.status import ShardStatus, StatusServer, StatusSnapshot
+from shardsync.supervisor.status import ShardStatus, StatusServer, StatusSnapshot, summarize
 from shardsync.supervisor.tokens import Backoff as TokenBackoff
 from shardsync.supervisor.tokens import Fatal, TokenChanged, TokenKeeper
 from shardsync.worker.options import WorkerOptions
@@ -594,7 +594,8 @@ class Arbiter:
         )
 
     def status_line(self) -> str:
-        summary = self.snapshot().summary()
+        # Runs on every pass of the loop: counts only, not a whole snapshot.
+        summary = summarize((s.state, s.parked) for s in self.shards.values())
         others = ", ".join(f"{n} {state}" for state, n in sorted(summary.items())
                            if state not in ("total", "live", "backoff", "parked") and n)
         line = f"{summary['live']}/{summary['total']} live, {summary['backoff']} backoff, {summary['parked']} parked"

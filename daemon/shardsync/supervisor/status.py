@@ -20,7 +20,7 @@ import selectors
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -79,8 +79,13 @@ class StatusSnapshot:
 
     def summary(self) -> dict[str, int]:
         """Shards per state (a parked shard counts as parked), always with live/backoff/parked."""
-        counts = Counter("parked" if s.parked else s.state for s in self.shards)
-        return {"total": len(self.shards), LIVE: 0, "backoff": 0, "parked": 0, **counts}
+        return summarize((s.state, s.parked) for s in self.shards)
+
+
+def summarize(shards: Iterable[tuple[str, bool]]) -> dict[str, int]:
+    """Counts per state of ``(state, parked)`` pairs: a parked shard counts as parked; plus the total."""
+    counts = Counter("parked" if parked else state for state, parked in shards)
+    return {"total": sum(counts.values()), LIVE: 0, "backoff": 0, "parked": 0, **counts}
 
 
 def _seconds(value: float | None) -> float | None:
