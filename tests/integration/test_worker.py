@@ -368,3 +368,25 @@ def test_late_snapshot_part_resyncs_with_a_longer_quiet_period(sim_factory: SimF
         assert beat.last_error is not None and "late snapshot part" in beat.last_error
         worker.wait_converged()
         assert len(sim.stats()["syncrequests"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("split", "sim_options"),
+    [
+        (False, {}),
+        (True, {"snapshot_mode": "split", "split_end": "empty"}),
+        (True, {"snapshot_mode": "split", "split_end": "flag", "snapshot_frames": "one"}),
+    ],
+    ids=["unsplit", "split-end-marker-frames", "split-end-flag-one-frame"],
+)
+def test_props_right_after_the_snapshot_apply_after_reconciliation(
+    sim_factory: SimFactory, tmp_path: Path, split: bool, sim_options: dict[str, Any]
+) -> None:
+    """Props read in the same pass as the completing snapshot part are applied after it, so none is undone."""
+    sim = sim_factory(trailing_props=30, **sim_options)
+    with WorkerRun(sim, tmp_path, split_responses=split, snapshot_quiet=30.0) as worker:
+        worker.wait_live(timeout=10)
+        worker.wait_converged()
+        origins = [e[0] for e in read_events(worker.db_path())]
+        assert origins.count("live") >= 30
+        assert "resync" not in origins

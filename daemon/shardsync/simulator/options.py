@@ -46,6 +46,7 @@ class SimOptions:
     )
     snapshot_frames: str = _opt("many", "all snapshot messages in one a[...] frame, or one frame each", ("one", "many"))
     interleave_props: int = _opt(0, "generated changes of the shard inserted after each snapshot chunk")
+    trailing_props: int = _opt(0, "generated changes of the shard sent right after the whole snapshot (end marker too)")
     split_delay: float = _opt(0.0, "seconds between snapshot chunks in split mode (each chunk then in its own frame)")
     entity_list: str = _opt("never", "send props 'entity' as a list", ("never", "some", "always"))
     batch: int = _opt(1, "at most this many live messages per a[...] frame")
@@ -71,7 +72,7 @@ def validate(options: SimOptions) -> list[str]:
     for name in ("accounts", "users", "split_chunks", "batch"):
         if getattr(options, name) < 1:
             problems.append(f"{name} must be >= 1")
-    for name in ("port", "session_cap", "interleave_props"):
+    for name in ("port", "session_cap", "interleave_props", "trailing_props"):
         if getattr(options, name) < 0:
             problems.append(f"{name} must be >= 0")
     for name in ("event_rate", "client_idle_timeout", "split_delay"):

@@ -223,15 +223,14 @@ class WsSession:
         messages: list[dict[str, Any]] = []
         for chunk in chunks:
             messages.append(wire.response(request_id, 200, chunk))
-            if options.interleave_props:
-                self.capture = []
-                self.server.generate_for(scope, options.interleave_props)
-                messages += self.capture
-                self.capture = None
+            messages += self._captured(scope, options.interleave_props)
         if options.snapshot_mode == "split" and options.split_end == "empty":
             messages.append(wire.response(request_id, 200, {}))
         elif options.snapshot_mode == "split" and options.split_end == "flag":
             messages.append(wire.response(request_id, 200, {"done": True}))
+        # Live props hard on the heels of the completing part: a client must not
+        # apply them before it has reconciled the snapshot.
+        messages += self._captured(scope, options.trailing_props)
         if options.snapshot_mode == "split" and options.split_delay > 0:
             # A slow server: later chunks (and the props between them) come after
             # live props already published, which is what makes a late chunk stale.
@@ -243,6 +242,15 @@ class WsSession:
         else:
             for message in messages:
                 self.send_raw(wire.frame([message]))
+
+    def _captured(self, scope: Scope, count: int) -> list[dict[str, Any]]:
+        """Generate ``count`` changes of ``scope`` now; this session's props come back instead of being sent."""
+        if not count:
+            return []
+        self.capture = []
+        self.server.generate_for(scope, count)
+        captured, self.capture = self.capture, None
+        return captured
 
     # -- outbound ------------------------------------------------------------------
     def _error(self, text: str) -> str:

@@ -255,7 +255,7 @@ class Worker:
                             assembler = self._request_sync()
                         continue
                     assert assembler is not None
-                    self._dispatch(message, assembler)
+                    self._dispatch(message, assembler, reached_live)
                 if assembler is not None and not reached_live and assembler.check(self._clock()):
                     self._reconcile(assembler)
                     reached_live = True
@@ -291,7 +291,7 @@ class Worker:
         self._set_state("syncing")
         return SnapshotAssembler(SYNC_ID, split=self.options.split_responses, quiet=self._quiet)
 
-    def _dispatch(self, message: object, assembler: SnapshotAssembler) -> None:
+    def _dispatch(self, message: object, assembler: SnapshotAssembler, reconciled: bool) -> None:
         assert self.mirror is not None
         if isinstance(message, Response):
             if message.id != SYNC_ID:
@@ -301,7 +301,10 @@ class Worker:
             else:
                 self._late_part(message)
         elif isinstance(message, PropsEvent | SystemEvent):
-            if assembler.complete:
+            # Not "assembler.complete": props read in the same pass as the
+            # completing part must wait for the reconciliation, or the snapshot
+            # (older than they are) would undo them.
+            if reconciled:
                 self._apply(message)
             else:
                 assembler.on_event(message)
