@@ -2,15 +2,21 @@
 
 All runs read the same kind of stream from one simulator process: after the
 snapshot, the simulator is asked (admin API) for a burst of generated
-changes, which it writes into the socket at once, so the reader is the
-bottleneck.  Each reader runs in its own forked process (as workers do under
-the supervisor), timed from its first burst event to the moment the last one
-is received (bare loop) or committed to the sink (worker).
+changes.  Each reader runs in its own forked process (as workers do under the
+supervisor) and is stopped (SIGSTOP) while the simulator generates and frames
+the burst, then let go (SIGCONT): timed from that moment to the last event
+received (bare loop) or committed to the sink (worker), so only the reader
+sets the pace.
 
     .venv/bin/python bench/throughput.py [--steps 15000] [--batch 1] [--repeat 3]
 
-Prints events/s per run and the ratio of each sink to the bare loop (median
-of the repeats).  Targets (issue 3): jsonl >= 0.6, sqlite >= 0.4.
+Each reader first drains an untimed warm-up burst (a worker runs for hours;
+its first burst also pays for growing its heap).  Prints, per reader, the
+median events/s over the repeats and the median of its ratio to the bare run
+of the same repeat, and the same per CPU-second of the reader (its scheduler
+run time in /proc/PID/sched over the timed part), which is blind to waiting
+for a core on a shared machine.  Targets (issue 3): jsonl >= 0.6,
+sqlite >= 0.4.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ from __future__ import annotations
 import argparse
 import os
 import select
+import signal
 import sqlite3
 import statistics
 import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +41,7 @@ import websocket
 from shardsync import ipc, protocol
 from shardsync.auth import login
 from shardsync.demo import DEMO_CREDENTIALS, start_simulator
+from shardsync.worker.allocator import keep_freed_memory
 from shardsync.worker.options import WorkerOptions
 from shardsync.worker.session import run_in_process
 
@@ -59,11 +68,43 @@ def token_for(port: int) -> str:
                  device_id="bench").token
 
 
-def bare_loop(port: int, steps: int) -> tuple[int, float]:
+def cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid``'s main thread so far (the scheduler's figure, microsecond resolution)."""
+    with open(f"/proc/{pid}/sched") as sched:
+        for line in sched:
+            if line.startswith("se.sum_exec_runtime"):
+                return float(line.split(":")[1]) / 1000
+    raise RuntimeError(f"no se.sum_exec_runtime in /proc/{pid}/sched")
+
+
+@dataclass
+class Run:
+    events: int
+    wall: float
+    cpu: float
+
+
+def held_burst(pid: int, port: int, steps: int) -> tuple[int, float, float]:
+    """Stop reader ``pid``, queue a burst for it, let it go; returns (events, perf_counter and CPU time at release).
+
+    The simulator frames the whole burst before its admin reply, and the reader
+    is stopped meanwhile, so the timed part is the reader alone draining a
+    full socket: neither the generator nor the encoder sets the pace.
+    """
+    os.kill(pid, signal.SIGSTOP)
+    os.waitpid(pid, os.WUNTRACED)
+    events = burst(port, steps)
+    cpu = cpu_seconds(pid)
+    released = time.perf_counter()
+    os.kill(pid, signal.SIGCONT)
+    return events, released, cpu
+
+
+def bare_loop(port: int, steps: int, warmup: int) -> Run:
     """A websocket-client receive loop doing the minimum (count props events), in a child process."""
     ready_r, ready_w = os.pipe()  # child -> parent: synced
     go_r, go_w = os.pipe()  # parent -> child: how many events the burst holds
-    result_r, result_w = os.pipe()
+    done_r, done_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -76,28 +117,30 @@ def bare_loop(port: int, steps: int) -> tuple[int, float]:
             ws.send(protocol.encode_request("user/syncrequest", 1, "", body))
             while b'"i":1' not in ws.recv_data()[1]:  # the authorize reply, then the snapshot
                 pass
-            os.write(ready_w, b"r")
-            events = int(os.read(go_r, 64))
-            seen, first = 0, 0.0
             ws.settimeout(60)
-            while seen < events:
-                n = ws.recv_data()[1].count(b'"e":"props"')
-                if n and not seen:
-                    first = time.perf_counter()
-                seen += n
-            os.write(result_w, orjson.dumps(events / (time.perf_counter() - first)))
+            os.write(ready_w, b"r")
+            for _ in range(2 if warmup else 1):
+                events = int(os.read(go_r, 64))
+                seen = 0
+                while seen < events:
+                    seen += ws.recv_data()[1].count(b'"e":"props"')
+                os.write(done_w, b"d")
             ws.close()
             code = 0
         finally:
             os._exit(code)
     assert os.read(ready_r, 1) == b"r"
-    events = burst(port, steps)
+    if warmup:
+        os.write(go_w, str(burst(port, warmup)).encode())
+        assert os.read(done_r, 1) == b"d"
+    events, released, cpu = held_burst(pid, port, steps)
     os.write(go_w, str(events).encode())
-    rate = float(orjson.loads(os.read(result_r, 64)))
+    assert os.read(done_r, 1) == b"d"
+    run = Run(events, time.perf_counter() - released, cpu_seconds(pid) - cpu)
     os.waitpid(pid, 0)
-    for fd in (ready_r, ready_w, go_r, go_w, result_r, result_w):
+    for fd in (ready_r, ready_w, go_r, go_w, done_r, done_w):
         os.close(fd)
-    return events, rate
+    return run
 
 
 def sink_rows(kind: str, path: Path) -> int:
@@ -116,11 +159,12 @@ def sink_rows(kind: str, path: Path) -> int:
     return file.read_bytes().count(b'"origin":"live"')
 
 
-def worker_run(port: int, steps: int, kind: str) -> tuple[int, float]:
-    """One worker into ``kind``, in a child process as under the supervisor; returns events/s.
+def worker_run(port: int, steps: int, kind: str, warmup: int) -> Run:
+    """One worker into ``kind``, in a child process as under the supervisor.
 
-    Timed from the first heartbeat that shows burst events to the moment the
-    sink holds every one of them; the bench only reads the worker's pipe.
+    Timed from the release of the burst to the moment the sink holds every
+    event: the worker's heartbeats (read all along, as the supervisor does)
+    say when it has applied them all, then the sink is checked.
     """
     state = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
     options = WorkerOptions(
@@ -136,6 +180,7 @@ def worker_run(port: int, steps: int, kind: str) -> tuple[int, float]:
         code = 1
         try:
             os.set_blocking(out_w, False)
+            keep_freed_memory()  # as supervisor/child.py does for every worker
             code = run_in_process(options, 0, inbox_r, lambda m: ipc.send(out_w, m) and None)
         finally:
             os._exit(code)
@@ -153,51 +198,58 @@ def worker_run(port: int, steps: int, kind: str) -> tuple[int, float]:
         if time.monotonic() > deadline:
             raise RuntimeError("worker did not reach live")
     base = beat[-1].events
-    events = burst(port, steps)
-    first = 0.0
-    while True:
-        last = latest()
-        assert last is not None
-        if not first and last.events > base:
-            first = time.perf_counter() - options.heartbeat_interval / 2
-        if last.events - base >= events:
-            break
+    if warmup:
+        warm = burst(port, warmup)
+        while (last := latest()) is None or last.events - base < warm:
+            pass
+        base = last.events
+    events, released, cpu = held_burst(pid, port, steps)
+    while (last := latest()) is None or last.events - base < events:
+        pass
     while sink_rows(kind, state) < events:
         time.sleep(0.002)
-    elapsed = time.perf_counter() - first
+    run = Run(events, time.perf_counter() - released, cpu_seconds(pid) - cpu)
     ipc.send(inbox_w, ipc.Stop())
     os.waitpid(pid, 0)
     for fd in (inbox_r, inbox_w, out_r, out_w):
         os.close(fd)
-    return events, events / elapsed
+    return run
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=15_000, help="generator steps per run (3-5 changes each)")
+    parser.add_argument("--warmup", type=int, default=5_000, help="untimed generator steps read first by each reader")
     parser.add_argument("--batch", type=int, default=1, help="props messages per a[...] frame")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     sim, port = start_simulator(0.0, ["--accounts", "200", "--users", "20", "--batch", str(args.batch),
                                       "--session-cap", "0", "--client-idle-timeout", "0"])
     try:
-        results: dict[str, list[float]] = {"bare": [], "jsonl": [], "sqlite": []}
-        counts: list[int] = []
+        results: dict[str, list[Run]] = {"bare": [], "jsonl": [], "sqlite": []}
         for _ in range(args.repeat):
-            for name, rates in results.items():
-                count, rate = bare_loop(port, args.steps) if name == "bare" else worker_run(port, args.steps, name)
-                counts.append(count)
-                rates.append(rate)
-        bare = statistics.median(results["bare"])
-        print(f"throughput: {min(counts)}-{max(counts)} live events per run, {args.batch} per frame, "
-              f"{args.repeat} repeats")
-        for name, runs in results.items():
-            median = statistics.median(runs)
-            runs_text = ", ".join(f"{r:,.0f}" for r in runs)
-            print(f"  {name:<7} median {median:>9,.0f} events/s  ratio {median / bare:4.2f}  runs [{runs_text}]")
+            for name, runs in results.items():
+                if name == "bare":
+                    runs.append(bare_loop(port, args.steps, args.warmup))
+                else:
+                    runs.append(worker_run(port, args.steps, name, args.warmup))
     finally:
         sim.terminate()
         sim.wait(10)
+    counts = [run.events for runs in results.values() for run in runs]
+    print(f"throughput: {min(counts)}-{max(counts)} live events per run after {args.warmup} warm-up steps, "
+          f"{args.batch} per frame, {args.repeat} repeats")
+    print("  reader   median events/s  paired ratio   per CPU-second  paired ratio   runs (events/s)")
+    for name, runs in results.items():
+        wall = [r.events / r.wall for r in runs]
+        cpu = [r.events / r.cpu for r in runs]
+        # Each repeat's worker run is divided by the bare run just before it:
+        # this machine's speed drifts over minutes, and adjacent runs share it.
+        wall_ratio = statistics.median(w / b.events * b.wall for w, b in zip(wall, results["bare"], strict=True))
+        cpu_ratio = statistics.median(c / b.events * b.cpu for c, b in zip(cpu, results["bare"], strict=True))
+        runs_text = ", ".join(f"{w:,.0f}" for w in wall)
+        print(f"  {name:<7} {statistics.median(wall):>10,.0f}       {wall_ratio:4.2f}      "
+              f"{statistics.median(cpu):>10,.0f}       {cpu_ratio:4.2f}     [{runs_text}]")
     return 0
 
 

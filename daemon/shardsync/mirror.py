@@ -234,6 +234,27 @@ class Mirror:
         """
         if event_type not in EVENT_TYPES:
             raise MirrorError(f"{entity_type}: unknown eventType {event_type!r}")
+        if len(entities) == 1:
+            # The live hot path, written out (see _decode_messages in protocol).
+            entity = entities[0]
+            ident = entity.get("id") if type(entity) is dict else None
+            if type(ident) is int:
+                key = (entity_type, ident)
+                pending = self._pending
+                current = pending[key] if key in pending else self._committed.get(key)
+                if event_type == "Deleted":
+                    if current is None:
+                        return []
+                    self._remove(key)
+                elif current == entity:
+                    return []
+                else:
+                    pending[key] = entity
+                    if current is None:
+                        self._size += 1
+                        counts = self._counts
+                        counts[entity_type] = counts.get(entity_type, 0) + 1
+                return [Change("live", entity_type, event_type, ident, entity, received_at)]
         keys = [key_of(entity_type, entity) for entity in entities]
         changes: list[Change] = []
         deleting = event_type == "Deleted"

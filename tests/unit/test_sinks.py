@@ -296,6 +296,26 @@ def test_sqlite_synchronous_is_normal(directory: Path) -> None:
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
 
 
+def test_sqlite_checkpoints_every_16_mib_of_wal_and_keeps_it_bounded(directory: Path) -> None:
+    """The WAL is checkpointed every 4096 pages (not SQLite's 1000), so it stays near 16 MiB under a long stream."""
+    from shardsync.sinks.sqlite import WAL_CHECKPOINT_PAGES
+
+    padding = "x" * 1500
+    with open_("sqlite", directory) as sink:
+        assert isinstance(sink, SqliteSink)
+        assert sink._connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == WAL_CHECKPOINT_PAGES
+        wal = Path(sink.file + "-wal")
+        peak = 0
+        for batch in range(60):
+            sink.write([
+                Change("live", "order", "Updated", n, {"id": n, "accountId": 1, "note": padding}, "t")
+                for n in range(batch * 400, batch * 400 + 400)
+            ])
+            peak = max(peak, wal.stat().st_size)
+    # Over 60 MiB went through the log; at 1000 pages it would never pass 4 MiB.
+    assert 4 << 20 < peak < (WAL_CHECKPOINT_PAGES * 4096) + (4 << 20), peak
+
+
 def rows(directory: Path, query: str) -> list[tuple[Any, ...]]:
     db = sqlite3.connect(shard_file("sqlite", directory))
     try:

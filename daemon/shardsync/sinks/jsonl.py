@@ -38,6 +38,9 @@ from shardsync.sinks.base import (
 KEYS = ("origin", "entityType", "eventType", "entity", "receivedAt")
 
 _KEY_SET = frozenset(KEYS)
+_EVENT_TYPES = UPSERT_EVENTS | {DELETE_EVENT}
+_dumps = orjson.dumps
+_NEWLINE = orjson.OPT_APPEND_NEWLINE
 _TAIL_CHUNK = 64 * 1024
 
 
@@ -154,7 +157,8 @@ class JsonlSink(Sink):
     def write(self, changes: Sequence[Change]) -> None:
         if not changes:
             return
-        buffer = memoryview(b"".join([self._line(change) for change in changes]))
+        line = self._line
+        buffer = memoryview(b"".join([line(change) for change in changes]))
         fd = self._descriptor()
         start: int | None = None
         try:
@@ -176,31 +180,40 @@ class JsonlSink(Sink):
             self._broken = True
 
     def _line(self, change: Change) -> bytes:
-        if change.origin != "system":
+        entity = change.entity
+        if change.origin != "system" and (
             # The line format has no separate id, so replay takes it from the
             # entity; a change whose entity does not carry it could not be replayed.
-            entity = change.entity
-            if change.id is None or not isinstance(entity, dict) or entity.get("id") != change.id:
-                raise SinkError(
-                    f"jsonl sink: {self.file}: {change.entity_type} {change.event_type} "
-                    f"id={change.id}: entity must be an object carrying that id"
-                )
-            if change.event_type not in UPSERT_EVENTS and change.event_type != DELETE_EVENT:
-                raise SinkError(
-                    f"jsonl sink: {self.file}: unknown event type {change.event_type!r} "
-                    f"for {change.entity_type} id={change.id}"
-                )
-        record = {
-            "origin": change.origin,
-            "entityType": change.entity_type,
-            "eventType": change.event_type,
-            "entity": change.entity,
-            "receivedAt": change.received_at,
-        }
+            type(entity) is not dict
+            or entity.get("id") != change.id
+            or change.id is None
+            or change.event_type not in _EVENT_TYPES
+        ):
+            raise self._refused(change)
         try:
-            return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+            return _dumps(
+                {
+                    "origin": change.origin,
+                    "entityType": change.entity_type,
+                    "eventType": change.event_type,
+                    "entity": entity,
+                    "receivedAt": change.received_at,
+                },
+                option=_NEWLINE,
+            )
         except (TypeError, orjson.JSONEncodeError) as exc:
             raise dump_error("jsonl", self.file, change, exc) from exc
+
+    def _refused(self, change: Change) -> SinkError:
+        if change.event_type not in _EVENT_TYPES:
+            return SinkError(
+                f"jsonl sink: {self.file}: unknown event type {change.event_type!r} "
+                f"for {change.entity_type} id={change.id}"
+            )
+        return SinkError(
+            f"jsonl sink: {self.file}: {change.entity_type} {change.event_type} "
+            f"id={change.id}: entity must be an object carrying that id"
+        )
 
     def close(self) -> None:
         fd, self._fd = getattr(self, "_fd", None), None

@@ -20,6 +20,7 @@ from shardsync import ipc
 from shardsync.logs import reconfigure_after_fork
 from shardsync.prctl import set_pdeathsig
 from shardsync.supervisor.notify import scrub_environ
+from shardsync.worker.allocator import keep_freed_memory
 from shardsync.worker.options import WorkerOptions
 
 EXIT_CRASH = 70  # EX_SOFTWARE: the worker raised; the parent restarts the shard
@@ -63,6 +64,7 @@ def run_child(
         scrub_environ()
         _set_title(f"shardsync: shard {remainder}/{options.divisor}")
         reconfigure_after_fork(remainder, options.divisor)
+        keep_freed_memory()
         os.set_blocking(outbox_fd, False)
 
         def send(message: ipc.Message) -> bool:

@@ -40,28 +40,44 @@ class ReadAhead:
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        self._buffer = bytearray()
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        # One chunk from the kernel and how far into it websocket-client has read.
+        self._chunk = b""
+        self._offset = 0
         self._timeout: float | None = sock.gettimeout()
 
     def pending(self) -> int:
         """Bytes already read from the kernel (or TLS layer) and not yet consumed."""
-        tls = self._sock.pending() if isinstance(self._sock, ssl.SSLSocket) else 0
-        return len(self._buffer) + tls
+        left = len(self._chunk) - self._offset
+        return left + self._sock.pending() if self._tls else left  # type: ignore[attr-defined]
 
     def recv(self, size: int) -> bytes:
-        if not self._buffer:
-            chunk = self._sock.recv(self.CHUNK)
-            if len(chunk) <= size:
-                return chunk  # EOF (b"") included
-            self._buffer += chunk
+        chunk, offset = self._chunk, self._offset
+        end = offset + size
+        if end <= len(chunk):
+            self._offset = end
+            return chunk[offset:end]
+        if offset < len(chunk):
+            # The rest of the chunk: a short read, which websocket-client
+            # completes with further calls (as with any socket).
+            self._chunk, self._offset = b"", 0
+            return chunk[offset:]
+        chunk = self._sock.recv(self.CHUNK)
+        if len(chunk) <= size:
+            self._chunk, self._offset = b"", 0
+            return chunk  # EOF (b"") included
         # Never hand back more than asked: websocket-client re-slices any excess
         # on every read, which is quadratic for large chunks.
-        data = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return data
+        self._chunk, self._offset = chunk, size
+        return chunk[:size]
 
     def gettimeout(self) -> float | None:
-        return self._timeout
+        # websocket-client wraps each read in a closure with a select() retry
+        # unless the timeout reads 0; that path exists for non-blocking sockets
+        # only.  The real socket keeps the real timeout (settimeout below), so a
+        # read still waits at most that long and raises socket.timeout, which
+        # websocket-client maps to WebSocketTimeoutException as before.
+        return 0.0
 
     def settimeout(self, timeout: float | None) -> None:
         # A setsockopt per frame is measurable; skip it when nothing changes.
@@ -99,6 +115,7 @@ class Connection:
 
         self._reader = ReadAhead(self.ws.sock)
         self.ws.sock = self._reader
+        self._timeout: float | None = None
 
     def fileno(self) -> int:
         return self._reader.fileno()  # type: ignore[no-any-return]
@@ -113,7 +130,10 @@ class Connection:
         websocket-client keeps a partially received frame across timeouts, so
         a short timeout here never loses data.
         """
-        self.ws.settimeout(max(timeout, 0.001))
+        timeout = max(timeout, 0.001)
+        if timeout != self._timeout:
+            self._timeout = timeout
+            self.ws.settimeout(timeout)
         try:
             opcode, data = self.ws.recv_data()
         except websocket.WebSocketTimeoutException:

@@ -238,6 +238,9 @@ class Worker:
         try:
             while True:
                 for message in self._receive(assembler):
+                    if reached_live and type(message) is PropsEvent:
+                        self._apply(message)  # the hot path, ahead of the rarer cases
+                        continue
                     if isinstance(message, Closed):
                         raise ConnectionLost(
                             f"server closed the WebSocket ({message.code} {message.reason})".strip(), message.code
@@ -348,7 +351,8 @@ class Worker:
             self._add([self.mirror.system("props", payload, received_at=now)])
             return
         self.events += 1
-        self._add(changes)
+        if changes:
+            self._add(changes)
 
     def _reconcile(self, assembler: SnapshotAssembler) -> None:
         assert self.mirror is not None
@@ -435,31 +439,32 @@ class Worker:
         # One timeout for the whole pass: it bounds the wait for the rest of a
         # frame, and an unchanged value costs no setsockopt.
         timeout = max(0.001, deadline - self._clock())
+        conn, clock, decode = self.conn, self._clock, protocol.decode_frame
+        room = self.options.batch_max - len(self._pending)
+        frames = 0
         while True:
-            frame = self.conn.recv(timeout)
+            frame = conn.recv(timeout)
             if frame is None:
-                return messages
-            self.frames += 1
+                break
+            frames += 1
             if isinstance(frame, Closed):
                 # Whatever came before the close (a shutdown event, say) is handled first.
                 messages.append(frame)
                 break
             try:
-                decoded = protocol.decode_frame(frame)
+                decoded = decode(frame)
             except ProtocolError as exc:
                 messages.append(exc)
                 break
-            if isinstance(decoded, MessagesFrame):
-                messages.extend(decoded.messages)
+            if type(decoded) is MessagesFrame:
+                messages += decoded.messages
             else:
                 messages.append(decoded)
-            if (
-                len(self._pending) + len(messages) >= self.options.batch_max
-                or not self.conn.buffered()
-                or self._clock() >= deadline
-            ):
+            if len(messages) >= room or not conn.buffered() or clock() >= deadline:
                 break
-        self.last_frame_at = self._clock()
+        self.frames += frames
+        if frames:
+            self.last_frame_at = clock()
         return messages
 
     def _poll(self, timeout: float) -> bool:
