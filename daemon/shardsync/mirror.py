@@ -249,11 +249,7 @@ class Mirror:
                 elif current == entity:
                     return []
                 else:
-                    pending[key] = entity
-                    if current is None:
-                        self._size += 1
-                        counts = self._counts
-                        counts[entity_type] = counts.get(entity_type, 0) + 1
+                    self._put(key, entity, current is not None)
                 return [Change("live", entity_type, event_type, ident, entity, received_at)]
         keys = [key_of(entity_type, entity) for entity in entities]
         changes: list[Change] = []

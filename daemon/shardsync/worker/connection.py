@@ -44,7 +44,6 @@ class ReadAhead:
         # One chunk from the kernel and how far into it websocket-client has read.
         self._chunk = b""
         self._offset = 0
-        self._timeout: float | None = sock.gettimeout()
 
     def pending(self) -> int:
         """Bytes already read from the kernel (or TLS layer) and not yet consumed."""
@@ -74,16 +73,11 @@ class ReadAhead:
     def gettimeout(self) -> float | None:
         # websocket-client wraps each read in a closure with a select() retry
         # unless the timeout reads 0; that path exists for non-blocking sockets
-        # only.  The real socket keeps the real timeout (settimeout below), so a
-        # read still waits at most that long and raises socket.timeout, which
-        # websocket-client maps to WebSocketTimeoutException as before.
+        # only.  The real socket keeps the real timeout (settimeout reaches it
+        # through __getattr__), so a read still waits at most that long and
+        # raises socket.timeout, which websocket-client maps to
+        # WebSocketTimeoutException as before.
         return 0.0
-
-    def settimeout(self, timeout: float | None) -> None:
-        # A setsockopt per frame is measurable; skip it when nothing changes.
-        if timeout != self._timeout:
-            self._timeout = timeout
-            self._sock.settimeout(timeout)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
@@ -132,6 +126,7 @@ class Connection:
         """
         timeout = max(timeout, 0.001)
         if timeout != self._timeout:
+            # A setsockopt per frame is measurable; skip it when nothing changes.
             self._timeout = timeout
             self.ws.settimeout(timeout)
         try:
