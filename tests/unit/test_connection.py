@@ -1,4 +1,4 @@
-"""The worker's read-ahead socket under websocket-client, and the allocator thresholds it relies on."""
+"""The worker's read-ahead socket and frame fast path under websocket-client, and the allocator thresholds."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 import websocket
 
-from shardsync.worker.connection import ReadAhead
+from shardsync.worker.connection import Closed, Connection, ConnectionLost, ReadAhead
 
 
 def server_frame(payload: bytes) -> bytes:
@@ -96,6 +96,113 @@ def test_end_of_stream_is_reported_as_a_closed_connection(pair: Pair) -> None:
     assert ws.recv_data()[1] == b"o"
     with pytest.raises(websocket.WebSocketConnectionClosedException):
         ws.recv_data()
+
+
+def frame(first: int, payload: bytes, *, mask: bytes = b"") -> bytes:
+    """Any frame: ``first`` is the FIN/RSV/opcode byte; a ``mask`` masks it as a client would."""
+    size = len(payload)
+    masked = 0x80 if mask else 0
+    if size < 126:
+        header = bytes([first, masked | size])
+    elif size < 1 << 16:
+        header = bytes([first, masked | 126]) + size.to_bytes(2, "big")
+    else:
+        header = bytes([first, masked | 127]) + size.to_bytes(8, "big")
+    if mask:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return header + mask + payload
+
+
+class Counted:
+    """websocket-client's recv_data, counted: the frames the fast path left to the library."""
+
+    def __init__(self, ws: websocket.WebSocket) -> None:
+        self.calls = 0
+        self._recv_data = ws.recv_data
+
+    def __call__(self, *args: object) -> object:
+        self.calls += 1
+        return self._recv_data(*args)
+
+
+ConnPair = tuple[Connection, socket.socket, Counted]
+
+
+@pytest.fixture
+def conn_pair() -> Iterator[ConnPair]:
+    ours, theirs = socket.socketpair()
+    ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=False)
+    ws.sock = ours
+    ws.connected = True
+    counted = Counted(ws)
+    ws.recv_data = counted  # type: ignore[method-assign]
+    try:
+        yield Connection(ws), theirs, counted
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_whole_text_frames_skip_the_library_parser(conn_pair: ConnPair) -> None:
+    """Final unmasked text frames of every length class already read come back whole, in order, without recv_data."""
+    conn, server, counted = conn_pair
+    payloads = [b"a[1]", b"a[" + b"7" * 300 + b"]", b"a[" + b"9" * 70_000 + b"]", b"h", b""]
+    server.sendall(b"".join(server_frame(p) for p in payloads))
+    # The first frame of a chunk is read (and parsed) by websocket-client; the rest wait in the chunk.
+    assert conn.recv(5) == payloads[0]
+    assert counted.calls == 1
+    received = [conn.recv(5) for _ in payloads[1:]]
+    assert received == payloads[1:]
+    assert counted.calls == 1
+
+
+def test_other_frames_between_text_frames_go_to_the_library(conn_pair: ConnPair) -> None:
+    """Ping (answered with a pong), fragments, binary, masked and close frames among text frames keep their order."""
+    conn, server, counted = conn_pair
+    server.sendall(
+        server_frame(b"o")
+        + frame(0x89, b"are you there")  # ping
+        + server_frame(b"a[1]")
+        + frame(0x01, b"a[2,")  # text, not final
+        + frame(0x80, b"3]")  # final continuation
+        + frame(0x82, b"\x00binary")
+        + frame(0x81, b"a[4]", mask=b"\x01\x02\x03\x04")
+        + server_frame(b"h")
+        + frame(0x88, (1000).to_bytes(2, "big") + b"bye")
+    )
+    got = [conn.recv(5) for _ in range(7)]
+    assert got == [b"o", b"a[1]", b"a[2,3]", b"\x00binary", b"a[4]", b"h", Closed(1000, "bye")]
+    # The library parsed "o" (the chunk's first frame), the ping (and "a[1]" in the same call), the
+    # fragments, the binary, the masked frame and the close; only "h" took the fast path.
+    assert counted.calls == 6
+    server.settimeout(5)
+    pong = server.recv(1024)
+    assert pong[0] == 0x8A  # websocket-client answered the ping it parsed
+
+
+def test_a_frame_with_reserved_bits_is_still_refused(conn_pair: ConnPair) -> None:
+    """A text frame with RSV1 set (an extension nobody negotiated) ends the connection, as websocket-client rules."""
+    conn, server, _ = conn_pair
+    server.sendall(server_frame(b"o") + frame(0xC1, b"a[1]"))
+    assert conn.recv(5) == b"o"
+    with pytest.raises(ConnectionLost, match="rsv"):
+        conn.recv(5)
+
+
+def test_a_frame_cut_by_a_timeout_is_finished_by_the_library(conn_pair: ConnPair) -> None:
+    """After a timeout mid-frame the rest of it is never taken for a new frame, even when it looks like one."""
+    conn, server, counted = conn_pair
+    # The payload's second half starts with bytes that read as a whole text frame "abc".
+    payload = b"a[" + b"5" * 500 + b"\x81\x03abc" + b"6" * 500 + b"]"
+    data = server_frame(payload) + server_frame(b"a[7]")
+    cut = 4 + 2 + 500
+    server.sendall(data[:cut])
+    assert conn.recv(0.2) is None
+    server.sendall(data[cut:])
+    assert conn.recv(5) == payload
+    assert conn.recv(5) == b"a[7]"
+    # Both halves went through websocket-client; the next frame, left in the chunk, did not.
+    assert counted.calls == 2
 
 
 def test_freed_batch_memory_stays_in_the_heap() -> None:

@@ -148,6 +148,32 @@ def test_order_within_a_batch_is_kept(kind: str, directory: Path) -> None:
         assert state(sink) == {("account", 1): account(1, name="back")}
 
 
+def test_sqlite_writes_each_changed_key_once_per_batch(directory: Path) -> None:
+    """A key changed many times in one batch costs one entities write (its last state); every change is logged."""
+    with open_("sqlite", directory) as sink:
+        sink.write([change("Created", account(1)), change("Created", account(2))])
+        db = sqlite3.connect(shard_file("sqlite", directory), isolation_level=None)
+        db.executescript(
+            """
+            CREATE TABLE writes (n INTEGER);
+            INSERT INTO writes VALUES (0);
+            CREATE TRIGGER on_insert AFTER INSERT ON entities BEGIN UPDATE writes SET n = n + 1; END;
+            CREATE TRIGGER on_update AFTER UPDATE ON entities BEGIN UPDATE writes SET n = n + 1; END;
+            CREATE TRIGGER on_delete AFTER DELETE ON entities BEGIN UPDATE writes SET n = n + 1; END;
+            """
+        )
+        burst = [change("Updated", account(1, balance=n), at=f"t{n}") for n in range(100)]
+        burst += [change("Deleted", account(2)), change("Created", account(2, name="back"), at="t-back")]
+        burst += [change("Created", account(3)), change("Deleted", account(3))]
+        sink.write(burst)
+        # One write each for keys 1 and 2; key 3's create-then-delete is one no-op delete.
+        assert db.execute("SELECT n FROM writes").fetchone()[0] == 2
+        db.close()
+        assert state(sink) == {("account", 1): account(1, balance=99), ("account", 2): account(2, name="back")}
+    assert rows(directory, "SELECT id, updated_at FROM entities ORDER BY id") == [(1, "t99"), (2, "t-back")]
+    assert rows(directory, "SELECT count(*) FROM events") == [(2 + 104,)]
+
+
 def test_system_events_do_not_touch_entities(kind: str, directory: Path) -> None:
     """A system event is logged but never creates, changes or removes an entity."""
     with open_(kind, directory) as sink:

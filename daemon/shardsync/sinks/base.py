@@ -119,16 +119,20 @@ def batch_rows(
     delete: str,
     event_prefix: tuple[Any, ...] = (),
 ) -> tuple[list[tuple[str, list[Row]]], list[Row]]:
-    """Serialise a batch before any SQL runs: ordered runs of one statement each, and the event rows.
+    """Serialise a batch before any SQL runs: the entity statements with their rows, and the event rows.
 
-    Consecutive entity operations of one kind share a run (one executemany);
-    runs keep their order so an Updated after a Deleted still wins. A bad
-    entity or event type fails the whole batch here, before the transaction.
+    The ``entities`` table needs only each key's last change in the batch:
+    the transaction hides the steps in between from every reader.  So a key
+    changed many times in one batch (a position or cash balance during a
+    burst) costs one row, and with one operation per key the deletes and
+    upserts no longer depend on each other's order: one executemany each
+    (and one row per key, as PostgreSQL's ON CONFLICT requires).  Every
+    change still gets its own ``events`` row, in order.  A bad entity or
+    event type fails the whole batch here, before the transaction.
     """
-    runs: list[tuple[str, list[Row]]] = []
     events: list[Row] = []
-    rows: list[Row] = []
-    current = ""
+    # The last state of each key changed in the batch; None: deleted.
+    final: dict[tuple[str, int], Row | None] = {}
     dumps = orjson.dumps
     for change in changes:
         entity, entity_type, event_type, ident = change.entity, change.entity_type, change.event_type, change.id
@@ -142,17 +146,20 @@ def batch_rows(
         if ident is None:
             raise SinkError(f"{sink} sink: {where}: {entity_type} {event_type} has no id")
         if event_type in UPSERT_EVENTS:
-            statement = upsert
-            row: Row = (entity_type, ident, account_id_of(entity_type, entity), data, change.received_at)
+            final[(entity_type, ident)] = (
+                entity_type, ident, account_id_of(entity_type, entity), data, change.received_at
+            )
         elif event_type == DELETE_EVENT:
-            statement, row = delete, (entity_type, ident)
+            final[(entity_type, ident)] = None
         else:
             raise SinkError(
                 f"{sink} sink: {where}: unknown event type {event_type!r} for {entity_type} id={ident}"
             )
-        if statement is not current:
-            # Consecutive operations of one kind share a run (one executemany).
-            current, rows = statement, []
-            runs.append((statement, rows))
-        rows.append(row)
+    runs: list[tuple[str, list[Row]]] = []
+    deletes: list[Row] = [key for key, row in final.items() if row is None]
+    upserts = [row for row in final.values() if row is not None]
+    if deletes:
+        runs.append((delete, deletes))
+    if upserts:
+        runs.append((upsert, upserts))
     return runs, events

@@ -145,7 +145,7 @@ class PostgresSink(Sink):
         try:
             with conn.transaction(), conn.cursor() as cursor:
                 for statement, rows in runs:
-                    cursor.execute(statement, self._columns(statement, rows))
+                    cursor.execute(statement, self._columns(rows))
                 with cursor.copy(APPEND) as copy:
                     for event in events:
                         copy.write_row(event)
@@ -153,11 +153,9 @@ class PostgresSink(Sink):
             self._drop_if_broken(conn)
             raise SinkError(f"postgres sink: {self.where}: batch of {len(changes)} not written: {exc}") from exc
 
-    def _columns(self, statement: str, rows: list[Row]) -> tuple[Any, ...]:
-        if statement is UPSERT:
-            # ON CONFLICT may touch a row only once per statement; within a
-            # run of upserts the last one for a key is the state that counts.
-            rows = list({(row[0], row[1]): row for row in rows}.values())
+    def _columns(self, rows: list[Row]) -> tuple[Any, ...]:
+        # One row per key (ON CONFLICT may touch a row only once per
+        # statement): batch_rows keeps only each key's last change.
         return (self.shard, *([row[i] for row in rows] for i in range(len(rows[0]))))
 
     def _drop_if_broken(self, conn: psycopg.Connection[Any]) -> None:

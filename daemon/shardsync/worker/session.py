@@ -213,7 +213,7 @@ class Worker:
         global _interruptible  # noqa: PLW0603 - read by the signal handler, which has no other way in
         _interruptible = True
         try:
-            self.conn = Connection(
+            self.conn = Connection.open(
                 self.options.ws_url,
                 handshake_timeout=self.options.handshake_timeout,
                 ca_file=self.options.ca_file,
