@@ -11,36 +11,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shardsync.worker.connection import Closed, Connection
+from wsframes import frame
 
 KINDS = ("text", "fragmented", "binary", "ping", "masked")
 payloads = st.binary(max_size=300) | st.sampled_from([b"x" * 126, b"y" * 65_535, b"z" * 70_000])
 
 
-def header(first: int, size: int, masked: bool) -> bytes:
-    bit = 0x80 if masked else 0
-    if size < 126:
-        return bytes([first, bit | size])
-    if size < 1 << 16:
-        return bytes([first, bit | 126]) + size.to_bytes(2, "big")
-    return bytes([first, bit | 127]) + size.to_bytes(8, "big")
-
-
 def wire(kind: str, payload: bytes) -> tuple[bytes, bytes | None]:
     """The frame(s) for one message, and what the worker must receive for it (None: nothing)."""
     if kind == "text":
-        return header(0x81, len(payload), False) + payload, payload
+        return frame(0x81, payload), payload
     if kind == "fragmented":
         half = len(payload) // 2
-        first, rest = payload[:half], payload[half:]
-        return header(0x01, len(first), False) + first + header(0x80, len(rest), False) + rest, payload
+        return frame(0x01, payload[:half]) + frame(0x80, payload[half:]), payload
     if kind == "binary":
-        return header(0x82, len(payload), False) + payload, payload
+        return frame(0x82, payload), payload
     if kind == "ping":
-        short = payload[:125]
-        return header(0x89, len(short), False) + short, None
-    mask = b"\x0f\xf0\x55\xaa"
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return header(0x81, len(payload), True) + mask + masked, payload
+        return frame(0x89, payload[:125]), None
+    return frame(0x81, payload, mask=b"\x0f\xf0\x55\xaa"), payload
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -59,7 +47,7 @@ def test_any_frames_cut_anywhere_arrive_whole_and_in_order(
         stream += frames
         if received is not None:
             expected.append(received)
-    stream += header(0x88, 2, False) + (1000).to_bytes(2, "big")
+    stream += frame(0x88, (1000).to_bytes(2, "big"))
     expected.append(Closed(1000, ""))
     points = sorted({int(cut * len(stream)) for cut in cuts} | {0, len(stream)})
 

@@ -13,19 +13,7 @@ import pytest
 import websocket
 
 from shardsync.worker.connection import Closed, Connection, ConnectionLost, ReadAhead
-
-
-def server_frame(payload: bytes) -> bytes:
-    """An unmasked, final text frame as a server sends it."""
-    size = len(payload)
-    if size < 126:
-        header = bytes([0x81, size])
-    elif size < 1 << 16:
-        header = bytes([0x81, 126]) + size.to_bytes(2, "big")
-    else:
-        header = bytes([0x81, 127]) + size.to_bytes(8, "big")
-    return header + payload
-
+from wsframes import frame, server_frame
 
 Pair = tuple[websocket.WebSocket, socket.socket]
 
@@ -96,21 +84,6 @@ def test_end_of_stream_is_reported_as_a_closed_connection(pair: Pair) -> None:
     assert ws.recv_data()[1] == b"o"
     with pytest.raises(websocket.WebSocketConnectionClosedException):
         ws.recv_data()
-
-
-def frame(first: int, payload: bytes, *, mask: bytes = b"") -> bytes:
-    """Any frame: ``first`` is the FIN/RSV/opcode byte; a ``mask`` masks it as a client would."""
-    size = len(payload)
-    masked = 0x80 if mask else 0
-    if size < 126:
-        header = bytes([first, masked | size])
-    elif size < 1 << 16:
-        header = bytes([first, masked | 126]) + size.to_bytes(2, "big")
-    else:
-        header = bytes([first, masked | 127]) + size.to_bytes(8, "big")
-    if mask:
-        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return header + mask + payload
 
 
 class Counted:

@@ -37,7 +37,8 @@ class ReadAhead:
     websocket-client asks the kernel for each frame header and payload
     separately (two syscalls per frame); reading up to ``CHUNK`` bytes at once
     and serving its small reads from memory removes most syscalls, and tells
-    the loop when whole frames are already waiting (no select needed).
+    the loop when whole frames are already waiting (no select needed).  The
+    common frame it hands over itself (``take_text_frame``).
     """
 
     CHUNK = 1 << 18
@@ -93,21 +94,17 @@ class ReadAhead:
         size = len(chunk)
         if size - offset < 2 or chunk[offset] != FINAL_TEXT:
             return None
-        length = chunk[offset + 1]  # the mask bit set makes this >= 128: not ours
+        length = chunk[offset + 1]
         if length < 126:
             start = offset + 2
-        elif length == 126:
-            start = offset + 4
-            if start > size:
-                return None
-            length = int.from_bytes(chunk[offset + 2 : start], "big")
-        elif length == 127:
-            start = offset + 10
-            if start > size:
-                return None
-            length = int.from_bytes(chunk[offset + 2 : start], "big")
         else:
-            return None
+            if length > 127:
+                return None  # the mask bit: servers never mask, the library decides
+            # 126: a 16-bit length follows; 127: a 64-bit one.
+            start = offset + (4 if length == 126 else 10)
+            if start > size:
+                return None
+            length = int.from_bytes(chunk[offset + 2 : start], "big")
         end = start + length
         if end > size:
             return None
