@@ -46,8 +46,9 @@ from typing import Any
 import orjson
 import websocket
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from logins import login
 from shardsync import ipc, protocol
-from shardsync.auth import login
 from shardsync.demo import DEMO_CREDENTIALS, start_simulator
 from shardsync.worker.allocator import keep_freed_memory
 from shardsync.worker.options import WorkerOptions

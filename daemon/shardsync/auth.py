@@ -4,25 +4,20 @@
 (``GET auth/renewaccesstoken``) each make exactly **one** HTTP request and
 classify the answer as an :data:`Outcome`; they never sleep and never retry.
 The supervisor runs them in a short-lived forked child and gets the outcome
-back over a pipe (:func:`outcome_to_json` / :func:`outcome_from_json`); the
-pure :class:`shardsync.supervisor.tokens.TokenKeeper` decides what to call
-next and when.
-
-:func:`login` is the blocking convenience for the demo, the benchmarks and the
-tests: it loops over :func:`request_token`, waiting out p-ticket penalties.
+back over a pipe (:mod:`shardsync.supervisor.authcall`); the pure
+:class:`shardsync.supervisor.tokens.TokenKeeper` decides what to call next and
+when.
 
 Secrets (password, API secret, tokens) are registered with
-:func:`shardsync.logs.register_secret` as soon as they are known here, and
+:func:`shardsync.secrets.register_secret` as soon as they are known here, and
 never appear in exception text or in a ``repr``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import ipaddress
 import ssl
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -33,24 +28,19 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from shardsync.logs import register_secret
+from shardsync.credentials import Credentials
 from shardsync.protocol import ProtocolError, penalty_of
+from shardsync.secrets import masked_repr, register_secret
 
 __all__ = [
-    "AuthError",
     "Captcha",
-    "Credentials",
     "Failed",
     "Grant",
     "Locked",
     "Outcome",
-    "Penalty",
     "Refused",
+    "Ticket",
     "Unauthorized",
-    "fingerprint",
-    "login",
-    "outcome_from_json",
-    "outcome_to_json",
     "parse_expiration",
     "renew_token",
     "request_token",
@@ -61,34 +51,10 @@ MAX_BODY: Final = 1 << 20
 LOCKOUT_STATUSES: Final = frozenset({423, 429})
 
 
-class AuthError(Exception):
-    """Login failed for a reason retrying soon will not fix (errorText, captcha, lock-out)."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        self.retry_after = retry_after
-        super().__init__(message)
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """Username, password and API secret; never printed."""
-
-    username: str
-    password: str
-    secret: str
-
-    def __repr__(self) -> str:
-        return f"Credentials(username={self.username!r}, password='***', secret='***')"
-
-
-def fingerprint(token: str) -> str:
-    """A short, non-reversible tag for a token (sha256 hex, 12 chars), safe to log and send."""
-    return hashlib.sha256(token.encode()).hexdigest()[:12]
-
-
 # --- outcomes -------------------------------------------------------------------------
 
 
+@masked_repr("token")
 @dataclass(frozen=True, slots=True)
 class Grant:
     """An access token and when it expires (epoch seconds)."""
@@ -97,19 +63,14 @@ class Grant:
     expires_at: float
     user_id: int | None = None
 
-    def __repr__(self) -> str:
-        return f"Grant(token='***', expires_at={self.expires_at!r}, user_id={self.user_id!r})"
 
-
+@masked_repr("ticket")
 @dataclass(frozen=True, slots=True)
-class Penalty:
-    """p-ticket: resend the same request carrying ``ticket`` after ``wait`` seconds."""
+class Ticket:
+    """A time penalty (p-ticket): resend the same request carrying ``ticket`` after ``wait`` seconds."""
 
     ticket: str
     wait: float
-
-    def __repr__(self) -> str:
-        return f"Penalty(ticket='***', wait={self.wait!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +104,7 @@ class Failed:
     reason: str
 
 
-Outcome = Grant | Penalty | Captcha | Locked | Refused | Unauthorized | Failed
+Outcome = Grant | Ticket | Captcha | Locked | Refused | Unauthorized | Failed
 
 
 def parse_expiration(text: str) -> float:
@@ -223,7 +184,7 @@ def _grant_of(data: dict[str, Any]) -> Grant | Failed:
     return Grant(token, expires_at, uid)
 
 
-def _penalty_outcome(data: dict[str, Any]) -> Penalty | Captcha | Failed | None:
+def _penalty_outcome(data: dict[str, Any]) -> Ticket | Captcha | Failed | None:
     try:
         penalty = penalty_of(data)
     except ProtocolError:
@@ -232,7 +193,7 @@ def _penalty_outcome(data: dict[str, Any]) -> Penalty | Captcha | Failed | None:
         return None
     if penalty.captcha:
         return Captcha()
-    return Penalty(penalty.ticket, max(0.0, penalty.time))
+    return Ticket(penalty.ticket, max(0.0, penalty.time))
 
 
 def _endpoint(rest_url: str, path: str) -> str:
@@ -309,112 +270,3 @@ def renew_token(rest_url: str, token: str, *, timeout: float = 10.0) -> Outcome:
     if status in (400, 401):
         return Unauthorized()
     return _token_outcome(status, raw, lambda _error: Unauthorized())
-
-
-# --- the pipe ----------------------------------------------------------------------------
-
-
-def outcome_to_json(outcome: Outcome) -> bytes:
-    """The outcome as a JSON object with a ``kind``; the token travels only on this pipe."""
-    match outcome:
-        case Grant(token, expires_at, user_id):
-            doc: dict[str, Any] = {"kind": "grant", "token": token, "expires_at": expires_at, "user_id": user_id}
-        case Penalty(ticket, wait):
-            doc = {"kind": "penalty", "ticket": ticket, "wait": wait}
-        case Captcha():
-            doc = {"kind": "captcha"}
-        case Locked(status):
-            doc = {"kind": "locked", "status": status}
-        case Refused(text):
-            doc = {"kind": "refused", "text": text}
-        case Unauthorized():
-            doc = {"kind": "unauthorized"}
-        case Failed(reason):
-            doc = {"kind": "failed", "reason": reason}
-        case _:
-            raise TypeError(f"not an auth outcome: {type(outcome).__name__}")
-    return orjson.dumps(doc)
-
-
-def _field(doc: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
-    value = doc.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise ValueError(f"auth outcome field {key!r} is missing or has the wrong type")
-    return value
-
-
-def outcome_from_json(data: bytes) -> Outcome:
-    """Parse :func:`outcome_to_json` output; raises ``ValueError`` on anything else."""
-    try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise ValueError("auth outcome is not JSON") from None
-    if not isinstance(doc, dict):
-        raise ValueError("auth outcome is not a JSON object")
-    kind = doc.get("kind")
-    if kind == "grant":
-        token = _field(doc, "token", str)
-        register_secret(token)
-        user_id = doc.get("user_id")
-        if user_id is not None:
-            user_id = _field(doc, "user_id", int)
-        return Grant(token, float(_field(doc, "expires_at", (int, float))), user_id)
-    if kind == "penalty":
-        return Penalty(_field(doc, "ticket", str), float(_field(doc, "wait", (int, float))))
-    if kind == "captcha":
-        return Captcha()
-    if kind == "locked":
-        return Locked(_field(doc, "status", int))
-    if kind == "refused":
-        return Refused(_field(doc, "text", str))
-    if kind == "unauthorized":
-        return Unauthorized()
-    if kind == "failed":
-        return Failed(_field(doc, "reason", str))
-    raise ValueError(f"unknown auth outcome kind {kind!r}")
-
-
-# --- the blocking convenience ------------------------------------------------------------
-
-
-def login(
-    rest_url: str,
-    credentials: Credentials,
-    *,
-    app_id: str,
-    app_version: str,
-    cid: int,
-    device_id: str,
-    timeout: float = 10.0,
-    lockout_backoff: float = 3600.0,
-    captcha_backoff: float = 3600.0,
-    max_penalties: int = 3,
-    sleep: Callable[[float], None] = time.sleep,
-) -> Grant:
-    """Log in, blocking: waits out up to ``max_penalties`` p-ticket penalties; raises :class:`AuthError` otherwise.
-
-    For the demo, benchmarks and tests; the daemon's parent uses the keeper and one-shot calls instead.
-    """
-    ticket: str | None = None
-    for _ in range(max_penalties + 1):
-        outcome = request_token(rest_url, credentials, app_id=app_id, app_version=app_version, cid=cid,
-                                device_id=device_id, ticket=ticket, timeout=timeout)
-        match outcome:
-            case Grant():
-                return outcome
-            case Penalty(next_ticket, wait):
-                sleep(wait)
-                ticket = next_ticket
-            case Captcha():
-                raise AuthError(f"login needs a captcha (p-captcha); no attempt for {captcha_backoff:g} s",
-                                retry_after=captcha_backoff)
-            case Locked(status):
-                raise AuthError(f"login rate-limited (HTTP {status}); no attempt for {lockout_backoff:g} s",
-                                retry_after=lockout_backoff)
-            case Refused(text):
-                raise AuthError(f"login refused: {text}")
-            case Failed(reason):
-                raise AuthError(f"login failed: {reason}", retry_after=5.0)
-            case _:
-                raise AuthError(f"login failed: unexpected outcome {type(outcome).__name__}", retry_after=30.0)
-    raise AuthError("login kept getting time penalties", retry_after=60.0)

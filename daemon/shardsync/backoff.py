@@ -1,16 +1,16 @@
 """Capped exponential backoff with jitter, computed without sleeping (pure).
 
-The exponential curve is tenacity's ``wait_exponential``; jitter comes from an
-injected ``random.Random`` so tests are exact.  "Equal jitter" keeps half of
-the delay fixed: spread enough to break up herds, never near zero, so a fault
-loop cannot turn into a hammering loop.
+The curve is tenacity's ``wait_exponential`` written out (``initial * 2**(n-1)``,
+clamped to the maximum); jitter comes from an injected ``random.Random`` so
+tests are exact.  "Equal jitter" keeps half of the delay fixed: spread enough
+to break up herds, never near zero, so a fault loop cannot turn into a
+hammering loop.
 """
 
 from __future__ import annotations
 
+import math
 import random
-
-from tenacity import RetryCallState, wait_exponential
 
 
 class Backoff:
@@ -22,16 +22,16 @@ class Backoff:
         self.initial = initial
         self.maximum = maximum
         self._rng = rng or random.Random()
-        self._curve = wait_exponential(multiplier=initial, max=maximum, exp_base=2)
+        # Attempts from this one on sit at the cap; computing 2**n for them could overflow.
+        self._capped_from = 1 + math.ceil(math.log2(maximum / initial)) if maximum > initial else 1
 
     def ceiling(self, attempt: int) -> float:
         """The un-jittered delay of ``attempt`` (1-based)."""
-        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-        state.attempt_number = max(1, attempt)
-        # tenacity's curve is multiplier * 2**(n-1) for n >= 1, clamped to max.
-        return float(self._curve(state))
+        attempt = max(1, attempt)
+        if attempt >= self._capped_from:
+            return self.maximum
+        return min(self.maximum, self.initial * 2.0 ** (attempt - 1))
 
     def delay(self, attempt: int) -> float:
         """The jittered delay of ``attempt`` (1-based)."""
-        ceiling = self.ceiling(attempt)
-        return ceiling * (0.5 + 0.5 * self._rng.random())
+        return self.ceiling(attempt) * (0.5 + 0.5 * self._rng.random())

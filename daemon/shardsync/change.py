@@ -7,6 +7,15 @@ from typing import Any, Literal
 
 Origin = Literal["snapshot", "resync", "live", "system"]
 
+#: A shard's entity key: ``(entityType, id)``.
+Key = tuple[str, int]
+Entity = dict[str, Any]
+
+#: The event types of entity changes (props and reconciliation); nothing else exists in the protocol.
+UPSERT_EVENTS = frozenset({"Created", "Updated"})
+DELETE_EVENT = "Deleted"
+EVENT_TYPES = UPSERT_EVENTS | {DELETE_EVENT}
+
 #: Entity types whose ``id`` is the account id itself (one row per account).
 ACCOUNT_KEYED_TYPES = frozenset(
     {"account", "accountRiskStatus", "marginSnapshot", "userAccountAutoLiq"}

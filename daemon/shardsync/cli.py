@@ -11,16 +11,12 @@ from typing import TYPE_CHECKING, NoReturn
 import orjson
 
 from shardsync import __version__
+from shardsync.exitcodes import EX_CONFIG, EX_ERROR, EX_NOPERM, EX_OK
 
 if TYPE_CHECKING:
-    from shardsync.auth import Credentials
     from shardsync.config import Settings
+    from shardsync.credentials import Credentials
 
-EX_OK = 0
-EX_ERROR = 1
-EX_BREAKER = 3
-EX_NOPERM = 77
-EX_CONFIG = 78
 
 
 def _load(path: str) -> Settings | None:
@@ -46,7 +42,8 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from shardsync.credentials import CredentialsError, credential_env_names, load_credentials
-    from shardsync.logs import configure_logging, get_logger, register_secret
+    from shardsync.logs import configure_logging, get_logger
+    from shardsync.secrets import register_secret
 
     settings = _load(args.config)
     if settings is None:
@@ -96,7 +93,7 @@ def _reexec_without_credentials(config: str, credentials: Credentials) -> NoRetu
 
 
 def _read_credentials(fd: int) -> Credentials:
-    from shardsync.auth import Credentials
+    from shardsync.credentials import Credentials
 
     chunks = []
     while chunk := os.read(fd, 65536):

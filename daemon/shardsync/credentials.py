@@ -19,15 +19,15 @@ import os
 import stat
 import tomllib
 from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from shardsync.auth import Credentials
 from shardsync.config import CredentialsSettings
-from shardsync.logs import register_secret
+from shardsync.exitcodes import EX_NOPERM
+from shardsync.secrets import masked_repr, register_secret
 
 __all__ = [
-    "EX_NOPERM",
     "FIELDS",
     "Credentials",
     "CredentialsError",
@@ -36,10 +36,19 @@ __all__ = [
     "scrub_credential_env",
 ]
 
-EX_NOPERM: Final = 77
 FIELDS: Final = ("username", "password", "secret")
 ENV_PREFIX: Final = "SHARDSYNC_"
 DIRECTORY_ENV: Final = "CREDENTIALS_DIRECTORY"
+
+
+@masked_repr("password", "secret")
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Username, password and API secret; never printed."""
+
+    username: str
+    password: str
+    secret: str
 
 
 class CredentialsError(Exception):

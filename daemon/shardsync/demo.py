@@ -18,7 +18,7 @@ from pathlib import Path
 
 import orjson
 
-from shardsync.auth import Credentials
+from shardsync.credentials import Credentials
 from shardsync.prctl import set_pdeathsig
 from shardsync.statusclient import StatusUnavailable, fetch_status, render_table
 

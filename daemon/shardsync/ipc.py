@@ -11,6 +11,7 @@ import errno
 import os
 import struct
 from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
 from typing import Any, ClassVar, Final
 
 import orjson
@@ -21,6 +22,32 @@ _HEADER = struct.Struct(">I")
 
 class IPCError(Exception):
     """A malformed or oversized frame on a parent/worker pipe."""
+
+
+class ShardState(StrEnum):
+    """Every state a shard can be in: the worker's own (in its heartbeats) and the parent's phases.
+
+    Worker states, in the order of a session: ``starting`` -> ``waiting_token`` ->
+    ``waiting_permit`` -> ``connecting`` -> ``authorizing`` -> ``syncing`` -> ``live``;
+    ``backoff`` between sessions, ``stopping`` on the way out.  The parent's phases
+    while no worker speaks for the shard: ``starting`` (forked, no heartbeat yet),
+    ``backoff`` (restart scheduled), ``parked`` (crash loop), ``hung`` (being killed),
+    ``stopping``, ``exited`` (nothing scheduled) and ``stopped`` (daemon shutdown).
+    """
+
+    STARTING = "starting"
+    WAITING_TOKEN = "waiting_token"  # noqa: S105 - a state name, not a secret
+    WAITING_PERMIT = "waiting_permit"
+    CONNECTING = "connecting"
+    AUTHORIZING = "authorizing"
+    SYNCING = "syncing"
+    LIVE = "live"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    PARKED = "parked"
+    HUNG = "hung"
+    EXITED = "exited"
+    STOPPED = "stopped"
 
 
 # --- worker -> parent ------------------------------------------------------------
@@ -44,7 +71,7 @@ class Heartbeat:
     """
 
     TYPE: ClassVar[str] = "heartbeat"
-    state: str
+    state: ShardState
     connected_since: float | None
     last_frame_age: float | None
     frames: int
@@ -53,6 +80,10 @@ class Heartbeat:
     reconnects: int
     last_error: str | None
     busy_for: float = 0.0
+
+    def __post_init__(self) -> None:
+        # Decoded from JSON the state is a plain string; an unknown one is a malformed message.
+        object.__setattr__(self, "state", ShardState(self.state))
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +154,7 @@ def decode(body: bytes) -> Message:
         if set(raw) != names:
             raise IPCError(f"{cls.TYPE} message has fields {sorted(raw)}, expected {sorted(names)}")
         message: Message = cls(**raw)
-    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
         raise IPCError(f"malformed IPC message: {exc}") from None
     return message
 

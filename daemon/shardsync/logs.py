@@ -15,7 +15,7 @@ Third-party stdlib loggers (websocket-client, websockets, psycopg) are routed
 through :class:`structlog.stdlib.ProcessorFormatter` into the same shape.
 
 Secrets: values under secret-looking keys are replaced by ``***`` anywhere in
-the record; every registered secret string (:func:`register_secret`) is
+the record; every registered secret string (:func:`shardsync.secrets.register_secret`) is
 replaced inside any string, after exceptions were rendered to text.
 
 Loggers are never cached (``cache_logger_on_first_use=False``): a worker calls
@@ -28,37 +28,30 @@ import contextlib
 import io
 import logging
 import os
-import re
 import sys
-import threading
 from collections.abc import Iterable, Mapping
 from typing import IO, Any, Final
 
 import orjson
 import structlog
-from structlog._config import BoundLoggerLazyProxy
 from structlog.dev import ConsoleRenderer, plain_traceback
 from structlog.processors import ExceptionRenderer, JSONRenderer, StackInfoRenderer, TimeStamper
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from shardsync.secrets import MASK, is_secret_key, redact_text, register_secret
+
 __all__ = [
-    "MASK",
     "MAX_RECORD_BYTES",
     "add_pid",
-    "clear_secrets",
     "configure_logging",
     "get_logger",
     "reconfigure_after_fork",
     "redact",
-    "redact_text",
-    "register_secret",
 ]
 
-MASK: Final = "***"
 #: a whole record, newline included, is shorter than this (PIPE_BUF on Linux)
 MAX_RECORD_BYTES: Final = 4096
-MIN_SECRET_LEN: Final = 4
 
 _LEVELS: Final = {
     "debug": logging.DEBUG,
@@ -69,53 +62,11 @@ _LEVELS: Final = {
     "critical": logging.CRITICAL,
 }
 
-# Keys whose values are always masked, compared lowercased with "_", "-" and
-# spaces removed; the first group also matches as a suffix (db_password,
-# refresh_token, client_secret, ...).
-_SECRET_SUFFIXES: Final = ("password", "passwd", "secret", "token", "dsn")
-_SECRET_KEYS: Final = frozenset(
-    {*_SECRET_SUFFIXES, "sec", "accesstoken", "mdaccesstoken", "authorization", "pticket", "credentials"}
-)
+# --------------------------------------------------------------------------
+# redaction (the registry itself lives in shardsync.secrets)
+
 # structlog/logging internals that must reach the renderers untouched
 _PASSTHROUGH_KEYS: Final = frozenset({"exc_info", "_record", "_from_structlog"})
-
-
-# --------------------------------------------------------------------------
-# secrets and redaction
-
-_secrets: set[str] = set()
-_secret_re: re.Pattern[str] | None = None
-_secrets_lock = threading.Lock()
-
-
-def register_secret(value: str) -> None:
-    """Mask *value* wherever it appears in later records (ignored below 4 chars)."""
-    global _secret_re  # noqa: PLW0603 - one process-wide registry, by design
-    if not isinstance(value, str) or len(value) < MIN_SECRET_LEN or value in _secrets:
-        return
-    with _secrets_lock:
-        _secrets.add(value)
-        ordered = sorted(_secrets, key=len, reverse=True)  # longest first: no partial leaks
-        _secret_re = re.compile("|".join(re.escape(s) for s in ordered))
-
-
-def clear_secrets() -> None:
-    """Forget every registered secret (tests; a process that dropped its credentials)."""
-    global _secret_re  # noqa: PLW0603
-    with _secrets_lock:
-        _secrets.clear()
-        _secret_re = None
-
-
-def redact_text(text: str) -> str:
-    """*text* with every registered secret replaced by ``***``."""
-    pattern = _secret_re
-    return pattern.sub(MASK, text) if pattern is not None else text
-
-
-def _is_secret_key(key: str) -> bool:
-    norm = key.lower().replace("_", "").replace("-", "").replace(" ", "")
-    return norm in _SECRET_KEYS or norm.endswith(_SECRET_SUFFIXES)
 
 
 def _redact_value(value: object) -> object:
@@ -139,7 +90,7 @@ def _redact_mapping(mapping: Mapping[Any, Any]) -> dict[str, Any]:
         skey = redact_text(key if isinstance(key, str) else str(key))
         if key in _PASSTHROUGH_KEYS:
             out[skey] = value
-        elif _is_secret_key(skey):
+        elif is_secret_key(skey):
             out[skey] = MASK
         else:
             out[skey] = _redact_value(value)
@@ -441,9 +392,28 @@ def reconfigure_after_fork(shard: int, divisor: int) -> None:
 
 
 def get_logger(name: str | None = None) -> Any:
-    """A structlog logger (lazy: it follows later reconfiguration), optionally named."""
+    """A structlog logger that follows later reconfiguration (a worker reconfigures after fork), optionally named."""
     if name is None:
         return structlog.get_logger()
-    # not get_logger().bind(): binding a lazy proxy freezes today's configuration
-    # (and ``logger`` cannot be passed to get_logger as a keyword)
-    return BoundLoggerLazyProxy(None, initial_values={"logger": name})
+    return _NamedLogger(name)
+
+
+class _NamedLogger:
+    """A logger carrying ``logger=name``, bound afresh on every call.
+
+    ``structlog.get_logger().bind(...)`` would freeze today's configuration in the
+    returned logger, and ``logger`` cannot be an initial value of
+    ``structlog.get_logger`` (it is the name of its first parameter); binding per
+    call keeps the public API and costs a few microseconds only where we log.
+    """
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def bind(self, **values: Any) -> Any:
+        return structlog.get_logger().bind(logger=self._name, **values)
+
+    def __getattr__(self, method: str) -> Any:
+        return getattr(structlog.get_logger().bind(logger=self._name), method)

@@ -25,14 +25,9 @@ from collections.abc import (
 )
 from typing import Any
 
-from shardsync.change import Change, Origin
+from shardsync.change import EVENT_TYPES, Change, Entity, Key, Origin
 
-__all__ = ["EVENT_TYPES", "Entity", "Key", "Mirror", "MirrorError", "key_of"]
-
-Key = tuple[str, int]
-Entity = dict[str, Any]
-
-EVENT_TYPES = frozenset({"Created", "Updated", "Deleted"})
+__all__ = ["Entity", "Key", "Mirror", "MirrorError", "key_of"]
 
 
 class MirrorError(ValueError):

@@ -18,7 +18,6 @@ import orjson
 HEARTBEAT: Final = "[]"
 HEARTBEAT_INTERVAL: Final = 2.5
 
-EVENT_TYPES: Final = frozenset({"Created", "Updated", "Deleted"})
 EXPRESSION_TYPES: Final = frozenset({"modAccountId", "modUserId"})
 SHUTDOWN_QUOTA_REASONS: Final = frozenset({"ConnectionQuotaReached", "IPQuotaReached"})
 

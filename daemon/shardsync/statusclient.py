@@ -16,6 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from shardsync.exitcodes import EX_CONFIG, EX_ERROR, EX_OK
+
 __all__ = [
     "DEFAULT_URL",
     "StatusUnavailable",
@@ -27,9 +29,6 @@ __all__ = [
 ]
 
 DEFAULT_URL: Final = "http://127.0.0.1:9464/status"
-EX_OK: Final = 0
-EX_ERROR: Final = 1
-EX_CONFIG: Final = 78
 _ERROR_WIDTH: Final = 48
 
 

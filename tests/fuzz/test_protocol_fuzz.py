@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shardsync import protocol as p
+from shardsync.change import EVENT_TYPES
 
 ids = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 scalars = st.none() | st.booleans() | ids | st.text(max_size=20) | st.floats(allow_nan=False, allow_infinity=False)
@@ -24,7 +25,7 @@ entities = st.fixed_dictionaries({"id": ids}, optional={"accountId": ids, "name"
 @st.composite
 def props_messages(draw: st.DrawFn) -> tuple[dict[str, Any], p.PropsEvent]:
     entity_type = draw(st.sampled_from(["order", "fill", "position", "cashBalance", "account"]))
-    event_type = draw(st.sampled_from(sorted(p.EVENT_TYPES)))
+    event_type = draw(st.sampled_from(sorted(EVENT_TYPES)))
     many = draw(st.lists(entities, min_size=1, max_size=4))
     as_list = draw(st.booleans()) or len(many) > 1
     entity: Any = many if as_list else many[0]

@@ -12,24 +12,22 @@ from typing import Any, ClassVar
 
 import pytest
 
+from logins import AuthError, login
 from shardsync.auth import (
-    AuthError,
     Captcha,
-    Credentials,
     Failed,
     Grant,
     Locked,
     Outcome,
-    Penalty,
     Refused,
+    Ticket,
     Unauthorized,
-    login,
-    outcome_from_json,
-    outcome_to_json,
     renew_token,
     request_token,
 )
+from shardsync.credentials import Credentials
 from shardsync.simulator import Simulator
+from shardsync.supervisor.authcall import outcome_from_json, outcome_to_json
 from shardsync.supervisor.tokens import DoLogin, DoRenew, Fatal, TokenChanged, TokenKeeper
 
 CREDENTIALS = Credentials("demo", "demo-password", "demo-secret")
@@ -66,13 +64,13 @@ def test_bad_password_is_refused_without_echoing_it(sim_server: Simulator) -> No
 
 
 def test_p_ticket_penalty_then_ticketed_retry_after_wait_succeeds(sim_server: Simulator) -> None:
-    """A p-ticket gives Penalty; an early retry is penalised again; a retry with the ticket after p-time is granted."""
+    """A p-ticket gives Ticket; an early retry is penalised again; a retry with the ticket after p-time is granted."""
     sim_server.penalty("ticket", count=1, p_time=0.3)
     first = request(sim_server)
-    assert isinstance(first, Penalty)
+    assert isinstance(first, Ticket)
     assert first.wait == pytest.approx(0.3)
     early = request(sim_server, ticket=first.ticket)
-    assert isinstance(early, Penalty)
+    assert isinstance(early, Ticket)
     ready_at = time.time() + early.wait
     wait_until(lambda: time.time() >= ready_at)
     assert isinstance(request(sim_server, ticket=early.ticket), Grant)
@@ -181,7 +179,7 @@ def test_plain_http_refused_off_loopback() -> None:
 
 
 @pytest.mark.parametrize("outcome", [
-    Grant("tok-abcdef", 1_700_000_123.5, 42), Grant("tok-abcdef", 1.0, None), Penalty("tkt", 1.5), Captcha(),
+    Grant("tok-abcdef", 1_700_000_123.5, 42), Grant("tok-abcdef", 1.0, None), Ticket("tkt", 1.5), Captcha(),
     Locked(429), Refused("Incorrect username or password."), Unauthorized(), Failed("HTTP 503"),
 ])
 def test_outcome_json_round_trip(outcome: Outcome) -> None:

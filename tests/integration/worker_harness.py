@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from logins import login
 from polling import wait_until
 from shardfile import read_sqlite
 from shardsync import ipc
-from shardsync.auth import Credentials, login
+from shardsync.credentials import Credentials
 from shardsync.simulator import Simulator
 from shardsync.sinks import shard_file_name
 from shardsync.worker.options import WorkerOptions

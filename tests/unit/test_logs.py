@@ -14,7 +14,7 @@ import orjson
 import pytest
 import structlog
 
-from shardsync import logs
+from shardsync import logs, secrets
 
 
 class CountingBuffer(io.BytesIO):
@@ -38,7 +38,7 @@ def _reset_logging() -> Iterator[None]:
         root.removeHandler(logs._handler)
         logs._handler = None
     root.setLevel(level)
-    logs.clear_secrets()
+    secrets.clear_secrets()
     logs._state.clear()
     structlog.contextvars.clear_contextvars()
     structlog.reset_defaults()
@@ -124,7 +124,7 @@ def test_redaction_by_key_nested() -> None:
 
 def test_redact_processor_directly() -> None:
     """The exported redact processor masks keys and registered values without a pipeline."""
-    logs.register_secret("tok-abcdef")
+    secrets.register_secret("tok-abcdef")
     out = logs.redact(None, "info", {"event": "got tok-abcdef", "mdAccessToken": "x", "items": ("a", {"token": 1})})
     assert out == {"event": "got ***", "mdAccessToken": "***", "items": ["a", {"token": "***"}]}
 
@@ -153,9 +153,9 @@ def test_secret_registered_at_runtime() -> None:
     """A secret registered after configuration (token renewal) is masked from then on."""
     buf = json_buffer()
     log = logs.get_logger()
-    logs.register_secret("renewed-token-123")
+    secrets.register_secret("renewed-token-123")
     log.info("token renewed-token-123 in use")
-    logs.register_secret("abc")  # shorter than 4 chars: ignored
+    secrets.register_secret("abc")  # shorter than 4 chars: ignored
     log.info("abc stays")
     assert [r["event"] for r in records(buf)] == ["token *** in use", "abc stays"]
 

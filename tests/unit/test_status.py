@@ -21,7 +21,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shardsync import logs, statusclient
+from shardsync import secrets, statusclient
 from shardsync.supervisor import metrics
 from shardsync.supervisor.status import MAX_HEAD, ShardStatus, StatusServer, StatusSnapshot
 
@@ -144,11 +144,11 @@ def test_status_redacts_registered_secrets_and_ignores_query(loop: Loop) -> None
     secret = "tok-0123456789abcdef"
     failing = (ShardStatus(0, "backoff", last_error=f"401 for {secret}"),)
     lp = Loop(lambda: snapshot(failing))
-    logs.register_secret(secret)
+    secrets.register_secret(secret)
     try:
         code, _, body = lp.get("/status?verbose=1")
     finally:
-        logs.clear_secrets()
+        secrets.clear_secrets()
         lp.close()
     assert code == 200
     assert secret.encode() not in body

@@ -7,18 +7,18 @@ from typing import Any
 
 import pytest
 
-from shardsync.auth import Captcha, Failed, Grant, Locked, Outcome, Penalty, Refused, Unauthorized, fingerprint
+from shardsync.auth import Captcha, Failed, Grant, Locked, Outcome, Refused, Ticket, Unauthorized
+from shardsync.secrets import fingerprint
 from shardsync.supervisor.tokens import (
     Action,
-    Backoff,
     DoLogin,
     DoRenew,
     Fatal,
     Nothing,
     TokenChanged,
     TokenKeeper,
+    Wait,
 )
-from shardsync.worker import session
 
 T0 = 1_700_000_000.0
 
@@ -106,7 +106,7 @@ def test_transient_renewal_failure_backs_off_then_succeeds() -> None:
     for _ in range(4):
         action, event = run(keeper, now, Failed("HTTP 503"))
         assert action == DoRenew("tok-1")
-        assert isinstance(event, Backoff)
+        assert isinstance(event, Wait)
         assert "503" in event.why
         next_at = keeper.next_at()
         assert next_at is not None and next_at > now
@@ -165,22 +165,22 @@ def test_unauthorized_renewal_means_login_now() -> None:
 def test_penalty_is_honoured_with_ticket_after_wait() -> None:
     """A p-ticket penalty makes the next login carry the ticket, and only once p-time has passed."""
     keeper = make()
-    _, event = run(keeper, T0, Penalty("tkt-1", 15.0))
-    assert event == Backoff(T0 + 15, event.why) and isinstance(event, Backoff)
+    _, event = run(keeper, T0, Ticket("tkt-1", 15.0))
+    assert event == Wait(T0 + 15, event.why) and isinstance(event, Wait)
     assert "p-ticket" in event.why
     assert keeper.status(T0)["state"] == "penalty"
     assert keeper.due(T0 + 14.9) is None
     assert keeper.next_at() == T0 + 15
     assert keeper.due(T0 + 15) == DoLogin("tkt-1")
     # a second penalty on the retry replaces the ticket
-    run(keeper, T0 + 15, Penalty("tkt-2", 5.0))
+    run(keeper, T0 + 15, Ticket("tkt-2", 5.0))
     assert keeper.due(T0 + 20) == DoLogin("tkt-2")
 
 
 def test_transient_failure_of_ticketed_login_keeps_the_ticket() -> None:
     """A network failure on the login carrying a ticket retries with the same ticket."""
     keeper = make()
-    run(keeper, T0, Penalty("tkt-1", 1.0))
+    run(keeper, T0, Ticket("tkt-1", 1.0))
     run(keeper, T0 + 1, Failed("timeout"))
     assert keeper.due(T0 + 100) == DoLogin("tkt-1")
 
@@ -189,7 +189,7 @@ def test_captcha_window_blocks_every_attempt() -> None:
     """p-captcha: nothing is due for captcha_backoff, then a plain login; the event says why."""
     keeper = make(captcha_backoff=3600.0)
     _, event = run(keeper, T0, Captcha())
-    assert isinstance(event, Backoff)
+    assert isinstance(event, Wait)
     assert event.until == T0 + 3600
     assert "captcha" in event.why
     assert keeper.status(T0)["state"] == "captcha"
@@ -203,7 +203,7 @@ def test_lockout_window_blocks_every_attempt(status: int) -> None:
     """HTTP 423/429 on login: nothing is due for lockout_backoff; the event names the status."""
     keeper = make(lockout_backoff=1800.0)
     _, event = run(keeper, T0, Locked(status))
-    assert isinstance(event, Backoff)
+    assert isinstance(event, Wait)
     assert event.until == T0 + 1800
     assert str(status) in event.why
     assert keeper.status(T0)["state"] == "locked"
@@ -242,7 +242,7 @@ def test_refused_after_earlier_success_backs_off() -> None:
     now = T0 + 3900
     run(keeper, now, Unauthorized())
     _, event = run(keeper, now, Refused("Incorrect username or password."))
-    assert isinstance(event, Backoff)
+    assert isinstance(event, Wait)
     assert event.until == now + 1800
     assert keeper.due(now + 1799) is None
     assert keeper.due(now + 1800) == DoLogin(None)
@@ -252,7 +252,7 @@ def test_first_login_network_failure_retries_not_fatal() -> None:
     """A login that cannot reach the server is retried on backoff, never fatal."""
     keeper = make()
     _, event = run(keeper, T0, Failed("connection refused"))
-    assert isinstance(event, Backoff)
+    assert isinstance(event, Wait)
     assert keeper.due(event.until) == DoLogin(None)
 
 
@@ -323,8 +323,3 @@ def test_grant_already_expired_does_not_loop_tightly() -> None:
     assert next_at is not None and next_at > T0
     assert keeper.status(T0)["state"] == "failed"
 
-
-def test_fingerprint_matches_the_workers() -> None:
-    """auth.fingerprint is the same function the worker uses to report a rejected token."""
-    for token in ("a", "tok-1", "x" * 300):
-        assert fingerprint(token) == session.fingerprint(token)  # session imports it from auth

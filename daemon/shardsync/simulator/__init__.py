@@ -19,14 +19,14 @@ from shardsync.simulator.handle import Simulator
 from shardsync.simulator.options import SimOptions, add_arguments, from_args
 from shardsync.simulator.runner import run
 from shardsync.simulator.server import MALFORMED_KINDS, SimServer
-from shardsync.simulator.truth import ENTITY_TYPES, PLURALS, SINGULARS, Change, Scope, Shard, Truth
+from shardsync.simulator.truth import ENTITY_TYPES, PLURALS, SINGULARS, Mutation, Scope, Shard, Truth
 
 __all__ = [
     "ENTITY_TYPES",
     "MALFORMED_KINDS",
     "PLURALS",
     "SINGULARS",
-    "Change",
+    "Mutation",
     "Scope",
     "Shard",
     "SimOptions",

@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from shardsync.simulator.truth import Change, Entity, Truth
+from shardsync.change import Entity
+from shardsync.simulator.truth import Mutation, Truth
 
 _PRODUCTS = (  # name, tick size, value per point, typical price
     ("ES", 0.25, 50.0, 5400.0),
@@ -44,7 +45,7 @@ class Generator:
         self._contracts: list[tuple[int, float, float]] = []  # id, tick, price
 
     # -- initial state ---------------------------------------------------------
-    def populate(self, users: int, accounts: int) -> list[Change]:
+    def populate(self, users: int, accounts: int) -> list[Mutation]:
         changes = self._reference_data()
         now = self.clock()
         user_ids = []
@@ -63,7 +64,7 @@ class Generator:
             changes += self._fill_order(account_id)
         return changes
 
-    def _reference_data(self) -> list[Change]:
+    def _reference_data(self) -> list[Mutation]:
         t = self.truth
         now = self.clock()
         currency_id = t.next_id("currency")
@@ -93,7 +94,7 @@ class Generator:
             self._contracts.append((contract_id, tick, price))
         return changes
 
-    def _new_account(self, user_id: int, n: int) -> list[Change]:
+    def _new_account(self, user_id: int, n: int) -> list[Mutation]:
         t = self.truth
         now = self.clock()
         account_id = t.next_id("account")
@@ -121,7 +122,7 @@ class Generator:
         ]  # fmt: skip
 
     # -- steps -----------------------------------------------------------------
-    def step(self, accounts: Sequence[int] | None = None, allow_delete: bool = True) -> list[Change]:
+    def step(self, accounts: Sequence[int] | None = None, allow_delete: bool = True) -> list[Mutation]:
         """One business event on a random account (of ``accounts`` when given)."""
         pool = list(accounts) if accounts is not None else list(self.truth.entities["account"])
         if not pool:
@@ -145,7 +146,7 @@ class Generator:
             return self.delete(account_id) or self._new_order(account_id)
         return self._new_order(account_id)
 
-    def delete(self, account_id: int) -> list[Change]:
+    def delete(self, account_id: int) -> list[Mutation]:
         """Delete a finished order (with its children) or else a flat position; [] if nothing qualifies."""
         finished = [o for o in self._orders_of(account_id) if o["ordStatus"] != "Working"]
         if finished:
@@ -155,9 +156,9 @@ class Generator:
             return self._delete_position(self.rng.choice(flat)["id"])
         return []
 
-    def inflate(self, accounts: Sequence[int], count: int, text_bytes: int) -> list[Change]:
+    def inflate(self, accounts: Sequence[int], count: int, text_bytes: int) -> list[Mutation]:
         """Add ``count`` padded orderVersions (each with a working order) to make snapshots large."""
-        changes: list[Change] = []
+        changes: list[Mutation] = []
         padding = "x" * text_bytes
         for _ in range(count):
             new = self._new_order(self.rng.choice(list(accounts)))
@@ -179,7 +180,7 @@ class Generator:
     def _too_many_orders(self, account_id: int) -> bool:
         return len(self._orders_of(account_id)) >= _MAX_ORDERS_PER_ACCOUNT
 
-    def _new_order(self, account_id: int) -> list[Change]:
+    def _new_order(self, account_id: int) -> list[Mutation]:
         t = self.truth
         now = self.clock()
         contract_id, tick, price = self.rng.choice(self._contracts)
@@ -206,7 +207,7 @@ class Generator:
             }),
         ]  # fmt: skip
 
-    def _fill_order(self, account_id: int) -> list[Change]:
+    def _fill_order(self, account_id: int) -> list[Mutation]:
         order = self._working_order(account_id)
         if order is None:
             return []
@@ -250,7 +251,7 @@ class Generator:
             changes += self._cash_move(account_id, pnl=round(self.rng.uniform(-500, 500), 2))
         return changes
 
-    def _cancel_order(self, account_id: int) -> list[Change]:
+    def _cancel_order(self, account_id: int) -> list[Mutation]:
         order = self._working_order(account_id)
         if order is None:
             return []
@@ -269,7 +270,7 @@ class Generator:
             t.upsert("order", dict(order, ordStatus="Canceled", timestamp=iso(now))),
         ]  # fmt: skip
 
-    def _cash_move(self, account_id: int, pnl: float | None = None) -> list[Change]:
+    def _cash_move(self, account_id: int, pnl: float | None = None) -> list[Mutation]:
         balance = next((c for c in self.truth.of_type("cashBalance") if c["accountId"] == account_id), None)
         if balance is None:
             return []
@@ -280,14 +281,14 @@ class Generator:
             weekRealizedPnL=round(balance["weekRealizedPnL"] + delta, 2), timestamp=iso(now),
         ))]  # fmt: skip
 
-    def _risk_flag(self, account_id: int) -> list[Change]:
+    def _risk_flag(self, account_id: int) -> list[Mutation]:
         status = self.truth.get("accountRiskStatus", account_id)
         if status is None:
             return []
         flipped = dict(status, userTriggeredLiqOnly=not status["userTriggeredLiqOnly"])
         return [self.truth.upsert("accountRiskStatus", flipped)]
 
-    def _delete_order(self, order_id: int) -> list[Change]:
+    def _delete_order(self, order_id: int) -> list[Mutation]:
         t = self.truth
         # Children first so each deletion still resolves its owner (and so its shard).
         commands = [c["id"] for c in t.of_type("command") if c["orderId"] == order_id]
@@ -300,7 +301,7 @@ class Generator:
         doomed.append(("order", order_id))
         return [c for c in (t.delete(kind, i) for kind, i in doomed) if c is not None]
 
-    def _delete_position(self, position_id: int) -> list[Change]:
+    def _delete_position(self, position_id: int) -> list[Mutation]:
         t = self.truth
         doomed = [("fillPair", p["id"]) for p in t.of_type("fillPair") if p["positionId"] == position_id]
         doomed.append(("position", position_id))

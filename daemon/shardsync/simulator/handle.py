@@ -7,9 +7,10 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from shardsync.change import Entity, Key
 from shardsync.simulator.options import SimOptions, replace
 from shardsync.simulator.server import SimServer
-from shardsync.simulator.truth import Change, Entity, Key
+from shardsync.simulator.truth import Mutation
 
 T = TypeVar("T")
 _CALL_TIMEOUT = 30.0
@@ -142,11 +143,11 @@ class Simulator:
     def resume(self) -> None:
         self.call(lambda s: s.resume())
 
-    def step(self, count: int = 1) -> list[Change]:
+    def step(self, count: int = 1) -> list[Mutation]:
         return self.call(lambda s: s.step(count))
 
     def mutate(self, count: int = 5, remainder: int | None = None, divisor: int = 1,
-               expression: str = "modAccountId", deletions: int = 1) -> list[Change]:
+               expression: str = "modAccountId", deletions: int = 1) -> list[Mutation]:
         return self.call(lambda s: s.mutate(count, remainder, divisor, expression, deletions))
 
     def inflate(self, count: int, text_bytes: int = 200, remainder: int | None = None, divisor: int = 1,

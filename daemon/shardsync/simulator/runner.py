@@ -9,6 +9,7 @@ import sys
 
 import orjson
 
+from shardsync.exitcodes import EX_CONFIG
 from shardsync.simulator.options import from_args
 from shardsync.simulator.server import SimServer
 
@@ -19,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
         options = from_args(args)
     except ValueError as exc:
         print(f"shardsync simulate: {exc}", file=sys.stderr)
-        return 78
+        return EX_CONFIG
     return asyncio.run(_serve(SimServer(options)))
 
 

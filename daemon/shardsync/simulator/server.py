@@ -18,12 +18,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
+from shardsync.change import Entity, Key
 from shardsync.simulator import wire
 from shardsync.simulator.generator import Generator
 from shardsync.simulator.options import EXPRESSIONS, SimOptions, replace
 from shardsync.simulator.session import WsSession
 from shardsync.simulator.tokens import AuthState, Reply
-from shardsync.simulator.truth import Change, Entity, Key, Scope, Shard, Truth
+from shardsync.simulator.truth import Mutation, Scope, Shard, Truth
 
 MALFORMED_KINDS = ("truncated", "not_array", "bad_utf8", "unknown_letter", "huge")
 _HEAD_LIMIT = 64 * 1024
@@ -115,7 +116,7 @@ class SimServer:
                 self.publish(self.generator.step())
 
     # -- fan-out ------------------------------------------------------------------------
-    def publish(self, changes: list[Change]) -> None:
+    def publish(self, changes: list[Mutation]) -> None:
         for session in list(self.sessions.values()):
             if session.scope is None or session.closed:
                 continue
@@ -123,9 +124,9 @@ class SimServer:
                 if self.truth.wants(change, session.scope):
                     session.deliver(change)
 
-    def generate_for(self, scope: Scope, count: int) -> list[Change]:
+    def generate_for(self, scope: Scope, count: int) -> list[Mutation]:
         accounts = self.truth.accounts_in(scope)
-        changes: list[Change] = []
+        changes: list[Mutation] = []
         for _ in range(count if accounts else 0):
             step = self.generator.step(accounts)
             self.publish(step)
@@ -366,9 +367,9 @@ class SimServer:
     def resume(self) -> None:
         self.paused = False
 
-    def step(self, count: int = 1) -> list[Change]:
+    def step(self, count: int = 1) -> list[Mutation]:
         """Run ``count`` generator steps now (tests that want changes without waiting for the rate)."""
-        changes: list[Change] = []
+        changes: list[Mutation] = []
         for _ in range(count):
             step = self.generator.step()
             self.publish(step)
@@ -380,12 +381,12 @@ class SimServer:
         return changes
 
     def mutate(self, count: int = 5, remainder: int | None = None, divisor: int = 1,
-               expression: str = "modAccountId", deletions: int = 1) -> list[Change]:
+               expression: str = "modAccountId", deletions: int = 1) -> list[Mutation]:
         """Apply ``count`` changes to one shard's accounts, ``deletions`` of them deletions; returns them."""
         accounts = self.truth.accounts_in(shard_scope(remainder, divisor, expression))
         if not accounts:
             raise ValueError("that shard owns no accounts")
-        changes: list[Change] = []
+        changes: list[Mutation] = []
         for _ in range(min(deletions, count)):
             for account_id in self.generator.rng.sample(accounts, len(accounts)):
                 deleted = self.generator.delete(account_id)
@@ -483,7 +484,7 @@ class SimServer:
         return len(sessions)
 
     def configure(self, **changes: Any) -> None:
-        """Change switches at run time (``snapshot_mode``, ``event_rate`` ...); validated like the CLI."""
+        """Mutation switches at run time (``snapshot_mode``, ``event_rate`` ...); validated like the CLI."""
         self.options = replace(self.options, **changes)
         self.truth.reference_routing = self.options.reference_routing
         self.auth.token_lifetime = self.options.token_lifetime

@@ -19,7 +19,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from shardsync.simulator import wire
-from shardsync.simulator.truth import Change, Scope
+from shardsync.simulator.truth import Mutation, Scope
 
 if TYPE_CHECKING:
     from shardsync.simulator.server import SimServer
@@ -260,7 +260,7 @@ class WsSession:
         self.flush_pending()
         self.send_raw(wire.frame([wire.response(request_id, status, data)]))
 
-    def deliver(self, change: Change) -> None:
+    def deliver(self, change: Mutation) -> None:
         options = self.server.options
         entity: Any = change.entity
         if change.event_type == "Deleted" and options.deleted_entity == "id":

@@ -14,8 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-Entity = dict[str, Any]
-Key = tuple[str, int]
+from shardsync.change import Entity, Key
 
 ENTITY_TYPES: tuple[str, ...] = (
     "user", "userProperty", "property", "account", "accountRiskStatus", "marginSnapshot",
@@ -77,7 +76,7 @@ class Scope:
 
 
 @dataclass(frozen=True)
-class Change:
+class Mutation:
     """One mutation of the truth, with the owner resolved when it happened (deletions need it)."""
 
     entity_type: str
@@ -126,7 +125,7 @@ class Truth:
                 yield entity_type, entity
 
     # -- mutation --------------------------------------------------------------
-    def upsert(self, entity_type: str, entity: Entity) -> Change:
+    def upsert(self, entity_type: str, entity: Entity) -> Mutation:
         if entity_type not in self.entities:
             raise ValueError(f"unknown entity type {entity_type!r}")
         entity_id = int(entity["id"])
@@ -134,14 +133,14 @@ class Truth:
         self.entities[entity_type][entity_id] = entity
         owner = self._resolve_owner(entity_type, entity)
         self._owners[(entity_type, entity_id)] = owner
-        return Change(entity_type, event, entity, owner[0], owner[1])
+        return Mutation(entity_type, event, entity, owner[0], owner[1])
 
-    def delete(self, entity_type: str, entity_id: int) -> Change | None:
+    def delete(self, entity_type: str, entity_id: int) -> Mutation | None:
         entity = self.entities[entity_type].pop(entity_id, None)
         if entity is None:
             return None
         account_id, user_id = self._owners.pop((entity_type, entity_id), (None, None))
-        return Change(entity_type, "Deleted", entity, account_id, user_id)
+        return Mutation(entity_type, "Deleted", entity, account_id, user_id)
 
     def _resolve_owner(self, entity_type: str, entity: Entity) -> tuple[int | None, int | None]:
         account_id: int | None = None
@@ -189,7 +188,7 @@ class Truth:
             return shard.remainder == 0
         return key % shard.divisor == shard.remainder
 
-    def wants(self, change: Change, scope: Scope) -> bool:
+    def wants(self, change: Mutation, scope: Scope) -> bool:
         if scope.entity_types is not None and change.entity_type not in scope.entity_types:
             return False
         return self.routes_to(change.entity_type, change.account_id, change.user_id, scope)

@@ -7,8 +7,9 @@ from typing import Any
 
 import orjson
 
+from shardsync.change import Entity
 from shardsync.simulator.options import EXPRESSIONS
-from shardsync.simulator.truth import ALWAYS_PRESENT, ENTITY_TYPES, Entity, Scope, Shard
+from shardsync.simulator.truth import ALWAYS_PRESENT, ENTITY_TYPES, Scope, Shard
 
 
 class RequestError(ValueError):

@@ -12,14 +12,9 @@ from typing import Any, Self
 
 import orjson
 
-from shardsync.change import Change, account_id_of
+from shardsync.change import DELETE_EVENT, UPSERT_EVENTS, Change, account_id_of
 
 Row = tuple[Any, ...]
-
-#: The event types that touch the ``entities`` table; anything else from a
-#: non-system origin is a bug upstream and is refused rather than dropped.
-UPSERT_EVENTS = frozenset({"Created", "Updated"})
-DELETE_EVENT = "Deleted"
 
 #: Files are opened group-readable only: they hold account data.
 FILE_MODE = 0o640

@@ -21,10 +21,8 @@ from typing import Any
 
 import orjson
 
-from shardsync.change import Change
+from shardsync.change import DELETE_EVENT, EVENT_TYPES, UPSERT_EVENTS, Change
 from shardsync.sinks.base import (
-    DELETE_EVENT,
-    UPSERT_EVENTS,
     Sink,
     SinkError,
     dump_error,
@@ -38,7 +36,6 @@ from shardsync.sinks.base import (
 KEYS = ("origin", "entityType", "eventType", "entity", "receivedAt")
 
 _KEY_SET = frozenset(KEYS)
-_EVENT_TYPES = UPSERT_EVENTS | {DELETE_EVENT}
 _dumps = orjson.dumps
 _NEWLINE = orjson.OPT_APPEND_NEWLINE
 _TAIL_CHUNK = 64 * 1024
@@ -187,7 +184,7 @@ class JsonlSink(Sink):
             type(entity) is not dict
             or entity.get("id") != change.id
             or change.id is None
-            or change.event_type not in _EVENT_TYPES
+            or change.event_type not in EVENT_TYPES
         ):
             raise self._refused(change)
         try:
@@ -205,7 +202,7 @@ class JsonlSink(Sink):
             raise dump_error("jsonl", self.file, change, exc) from exc
 
     def _refused(self, change: Change) -> SinkError:
-        if change.event_type not in _EVENT_TYPES:
+        if change.event_type not in EVENT_TYPES:
             return SinkError(
                 f"jsonl sink: {self.file}: unknown event type {change.event_type!r} "
                 f"for {change.entity_type} id={change.id}"

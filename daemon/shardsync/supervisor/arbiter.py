@@ -20,9 +20,12 @@ from collections.abc import Callable
 from typing import Any
 
 from shardsync import ipc
-from shardsync.auth import Credentials, fingerprint
 from shardsync.config import ConfigError, Settings, load_config, shard_key
-from shardsync.logs import configure_logging, get_logger, register_secret
+from shardsync.credentials import Credentials
+from shardsync.exitcodes import EX_BREAKER, EX_NOPERM, EX_OK
+from shardsync.ipc import ShardState
+from shardsync.logs import configure_logging, get_logger
+from shardsync.secrets import fingerprint, register_secret
 from shardsync.supervisor.authcall import AuthCall
 from shardsync.supervisor.child import run_child
 from shardsync.supervisor.notify import Notifier
@@ -30,14 +33,8 @@ from shardsync.supervisor.permits import PermitGate
 from shardsync.supervisor.policy import Escalate, Park, Restart, RestartPolicy, heartbeat_deadline
 from shardsync.supervisor.shard import Shard
 from shardsync.supervisor.status import ShardStatus, StatusServer, StatusSnapshot, summarize
-from shardsync.supervisor.tokens import Backoff as TokenBackoff
-from shardsync.supervisor.tokens import Fatal, TokenChanged, TokenKeeper
+from shardsync.supervisor.tokens import Fatal, TokenChanged, TokenKeeper, Wait
 from shardsync.worker.options import WorkerOptions
-
-EX_OK = 0
-EX_ERROR = 1
-EX_BREAKER = 3
-EX_NOPERM = 77
 
 #: Before its first heartbeat a worker gets this much longer than heartbeat_timeout
 #: (imports, sink open, mirror preload).
@@ -228,7 +225,7 @@ class Arbiter:
         shard.outbox = ipc.Reader(out_r)
         shard.started_at = now
         shard.started_wall = self.wall()
-        shard.phase = "starting"
+        shard.phase = ShardState.STARTING
         shard.next_start_at = None
         shard.parked = False
         shard.then = "policy"
@@ -315,7 +312,7 @@ class Arbiter:
             self.log.warning("shard_exited", shard=shard.remainder, status=how, uptime=uptime, hung=hung)
             shard.last_error = f"worker {how}" + (" (hung)" if hung else "")
         if self.stopping:
-            shard.phase = "stopped"
+            shard.phase = ShardState.STOPPED
             return
         if shard.then == "remove":
             del self.shards[shard.remainder]
@@ -328,16 +325,16 @@ class Arbiter:
             return
         decision = self.policy.on_exit(shard.remainder, now, expected=expected)
         if decision is None:
-            shard.phase = "exited"
+            shard.phase = ShardState.EXITED
             return
         shard.restarts += 1
         if isinstance(decision, Restart):
-            shard.phase = "backoff"
+            shard.phase = ShardState.BACKOFF
             shard.next_start_at = decision.at
             self.log.info("shard_restart_scheduled", shard=shard.remainder, delay=round(decision.delay, 3),
                           attempt=decision.attempt)
         elif isinstance(decision, Park):
-            shard.phase = "parked"
+            shard.phase = ShardState.PARKED
             shard.parked = True
             shard.next_start_at = decision.until
             self.log.error("shard_parked", shard=shard.remainder, reason=decision.reason,
@@ -467,7 +464,7 @@ class Arbiter:
             self.log.critical("login_refused", reason=event.message)
             self.exit_code = EX_NOPERM
             self.begin_shutdown("login refused")
-        elif isinstance(event, TokenBackoff):
+        elif isinstance(event, Wait):
             log = self.log.error if "captcha" in event.why.lower() else self.log.warning
             log("token_backoff", why=event.why, retry_in=round(event.until - self.wall(), 1))
 

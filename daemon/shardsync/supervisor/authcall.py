@@ -2,7 +2,8 @@
 
 The parent loop must never block on HTTP, and it must stay single-threaded;
 so the blocking call runs in a child that writes the outcome to a pipe and
-exits.  The token crosses only that pipe.
+exits.  The token crosses only that pipe, in the format of :func:`outcome_to_json`
+and :func:`outcome_from_json`.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from typing import NoReturn
+from typing import Any, NoReturn
+
+import orjson
 
 from shardsync import auth
-from shardsync.auth import Credentials, Outcome
+from shardsync.auth import Captcha, Failed, Grant, Locked, Outcome, Refused, Ticket, Unauthorized
 from shardsync.config import Settings
+from shardsync.credentials import Credentials
 from shardsync.prctl import set_pdeathsig
+from shardsync.secrets import register_secret
 from shardsync.supervisor.child import close_inherited
 from shardsync.supervisor.tokens import Action, DoLogin, DoRenew
 
@@ -54,11 +59,11 @@ class AuthCall:
                 break
             self._data += chunk
         if not self._data:
-            return auth.Failed("login helper exited without an answer")
+            return Failed("login helper exited without an answer")
         try:
-            return auth.outcome_from_json(bytes(self._data))
+            return outcome_from_json(bytes(self._data))
         except ValueError as exc:
-            return auth.Failed(f"login helper answer unreadable: {exc}")
+            return Failed(f"login helper answer unreadable: {exc}")
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -88,7 +93,7 @@ def _child(action: Action, settings: Settings, credentials: Credentials, fd: int
                 t.rest_url, credentials, app_id=t.app_id, app_version=t.app_version, cid=t.cid,
                 device_id=t.device_id, ticket=action.ticket, timeout=timeout,
             )
-        data = auth.outcome_to_json(outcome)
+        data = outcome_to_json(outcome)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
@@ -96,3 +101,63 @@ def _child(action: Action, settings: Settings, credentials: Credentials, fd: int
         code = 1
     finally:
         os._exit(code)
+
+
+def outcome_to_json(outcome: Outcome) -> bytes:
+    """The outcome as a JSON object with a ``kind``; the token travels only on this pipe."""
+    match outcome:
+        case Grant(token, expires_at, user_id):
+            doc: dict[str, Any] = {"kind": "grant", "token": token, "expires_at": expires_at, "user_id": user_id}
+        case Ticket(ticket, wait):
+            doc = {"kind": "penalty", "ticket": ticket, "wait": wait}
+        case Captcha():
+            doc = {"kind": "captcha"}
+        case Locked(status):
+            doc = {"kind": "locked", "status": status}
+        case Refused(text):
+            doc = {"kind": "refused", "text": text}
+        case Unauthorized():
+            doc = {"kind": "unauthorized"}
+        case Failed(reason):
+            doc = {"kind": "failed", "reason": reason}
+        case _:
+            raise TypeError(f"not an auth outcome: {type(outcome).__name__}")
+    return orjson.dumps(doc)
+
+
+def _field(doc: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = doc.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"auth outcome field {key!r} is missing or has the wrong type")
+    return value
+
+
+def outcome_from_json(data: bytes) -> Outcome:
+    """Parse :func:`outcome_to_json` output; raises ``ValueError`` on anything else."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise ValueError("auth outcome is not JSON") from None
+    if not isinstance(doc, dict):
+        raise ValueError("auth outcome is not a JSON object")
+    kind = doc.get("kind")
+    if kind == "grant":
+        token = _field(doc, "token", str)
+        register_secret(token)
+        user_id = doc.get("user_id")
+        if user_id is not None:
+            user_id = _field(doc, "user_id", int)
+        return Grant(token, float(_field(doc, "expires_at", (int, float))), user_id)
+    if kind == "penalty":
+        return Ticket(_field(doc, "ticket", str), float(_field(doc, "wait", (int, float))))
+    if kind == "captcha":
+        return Captcha()
+    if kind == "locked":
+        return Locked(_field(doc, "status", int))
+    if kind == "refused":
+        return Refused(_field(doc, "text", str))
+    if kind == "unauthorized":
+        return Unauthorized()
+    if kind == "failed":
+        return Failed(_field(doc, "reason", str))
+    raise ValueError(f"unknown auth outcome kind {kind!r}")

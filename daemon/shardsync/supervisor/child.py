@@ -17,13 +17,12 @@ import traceback
 from typing import NoReturn
 
 from shardsync import ipc
+from shardsync.exitcodes import EX_CRASH
 from shardsync.logs import reconfigure_after_fork
 from shardsync.prctl import set_pdeathsig
 from shardsync.supervisor.notify import scrub_environ
 from shardsync.worker.allocator import keep_freed_memory
 from shardsync.worker.options import WorkerOptions
-
-EXIT_CRASH = 70  # EX_SOFTWARE: the worker raised; the parent restarts the shard
 
 
 def close_inherited(keep: set[int]) -> None:
@@ -45,7 +44,7 @@ def run_child(
     outbox_fd: int,
 ) -> NoReturn:
     """Become the worker of ``remainder``; exits the process with the worker's code."""
-    code = EXIT_CRASH
+    code = EX_CRASH
     try:
         set_pdeathsig(signal.SIGTERM)
         if os.getppid() != parent_pid:
@@ -78,7 +77,7 @@ def run_child(
             get_logger("shardsync.worker").exception("worker_crashed", remainder=remainder)
         except BaseException:
             traceback.print_exc(file=sys.stderr)
-        code = EXIT_CRASH
+        code = EX_CRASH
     finally:
         try:
             sys.stderr.flush()

@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from shardsync.ipc import ShardState
+
 if TYPE_CHECKING:
     from shardsync.supervisor.status import StatusSnapshot
 
@@ -23,19 +25,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Every state gets a 0/1 series so a state change flips values instead of
 # creating and dropping series (which would look like gaps to alerts).
-KNOWN_STATES = (
-    "starting",
-    "waiting_token",
-    "waiting_permit",
-    "connecting",
-    "authorizing",
-    "syncing",
-    "live",
-    "backoff",
-    "hung",
-    "stopping",
-    "parked",
-)
+KNOWN_STATES = tuple(ShardState)
 
 
 class ShardCollector(Collector):

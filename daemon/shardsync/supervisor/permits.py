@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-HANDSHAKE_STATES = frozenset({"connecting", "authorizing"})
+from shardsync.ipc import ShardState
+
+HANDSHAKE_STATES = frozenset({ShardState.CONNECTING, ShardState.AUTHORIZING})
 #: States that do not end a granted permit: the handshake itself, and "waiting_permit"
 #: from a heartbeat the worker sent before the permit reached it (still in the pipe
 #: when the parent granted); a worker that really asks again calls request().
-HOLDING_STATES = HANDSHAKE_STATES | {"waiting_permit"}
+HOLDING_STATES = HANDSHAKE_STATES | {ShardState.WAITING_PERMIT}
 
 
 class PermitGate:

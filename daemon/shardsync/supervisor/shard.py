@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from shardsync import ipc
+from shardsync.ipc import ShardState
 from shardsync.worker.options import WorkerOptions
 
 #: What the parent does once the current worker is reaped.
@@ -33,7 +34,7 @@ class Shard:
     beat: ipc.Heartbeat | None = None
     #: The parent's view when no worker speaks for the shard: starting,
     #: backoff (waiting to restart), parked, stopping, exited.
-    phase: str = "starting"
+    phase: ShardState = ShardState.STARTING
     restarts: int = 0
     next_start_at: float | None = None
     parked: bool = False
@@ -51,18 +52,18 @@ class Shard:
         return self.pid is not None
 
     @property
-    def state(self) -> str:
+    def state(self) -> ShardState:
         """The worker's own state while it runs and speaks, else the parent's phase."""
         if self.pid is not None and self.beat is not None and not self.stop_requested and not self.hung:
             return self.beat.state
         if self.hung:
-            return "hung"
+            return ShardState.HUNG
         return self.phase
 
     def on_beat(self, beat: ipc.Heartbeat, now: float) -> None:
         self.beat = beat
         self.last_beat = now
-        if beat.state == "live":
+        if beat.state is ShardState.LIVE:
             self.ever_live = True
         if beat.last_error:
             self.last_error = beat.last_error
@@ -115,7 +116,7 @@ class Shard:
         if self.pid is None:
             return
         self.stop_requested = True
-        self.phase = "stopping"
+        self.phase = ShardState.STOPPING
         self.tell(ipc.Stop())
         self.signal(signal.SIGTERM)
         deadline = now + grace

@@ -26,12 +26,14 @@ from typing import Final
 
 import orjson
 
-from shardsync.logs import get_logger, redact_text
+from shardsync.ipc import ShardState
+from shardsync.logs import get_logger
+from shardsync.secrets import redact_text
 from shardsync.supervisor import metrics
 
 __all__ = ["LIVE", "MAX_HEAD", "ShardStatus", "StatusServer", "StatusSnapshot", "render_healthz", "render_status"]
 
-LIVE: Final = "live"
+LIVE: Final = ShardState.LIVE
 MAX_HEAD: Final = 8192
 IDLE_TIMEOUT: Final = 5.0
 MAX_CONNECTIONS: Final = 64
@@ -84,8 +86,10 @@ class StatusSnapshot:
 
 def summarize(shards: Iterable[tuple[str, bool]]) -> dict[str, int]:
     """Counts per state of ``(state, parked)`` pairs: a parked shard counts as parked; plus the total."""
-    counts = Counter("parked" if parked else state for state, parked in shards)
-    return {"total": sum(counts.values()), LIVE: 0, "backoff": 0, "parked": 0, **counts}
+    # Plain str keys: orjson refuses str subclasses (the enum) as dict keys.
+    counts = Counter(str(ShardState.PARKED if parked else state) for state, parked in shards)
+    always = {str(state): 0 for state in (ShardState.LIVE, ShardState.BACKOFF, ShardState.PARKED)}
+    return {"total": sum(counts.values()), **always, **counts}
 
 
 def _seconds(value: float | None) -> float | None:

@@ -40,15 +40,14 @@ from shardsync.auth import (
     Grant,
     Locked,
     Outcome,
-    Penalty,
     Refused,
+    Ticket,
     Unauthorized,
-    fingerprint,
 )
+from shardsync.secrets import fingerprint, masked_repr
 
 __all__ = [
     "Action",
-    "Backoff",
     "DoLogin",
     "DoRenew",
     "Event",
@@ -56,6 +55,7 @@ __all__ = [
     "Nothing",
     "TokenChanged",
     "TokenKeeper",
+    "Wait",
 ]
 
 #: "long ago": the first login is due at once
@@ -65,24 +65,20 @@ _AT_ONCE: Final = 0.0
 # --- actions: what the loop should call ---------------------------------------------------
 
 
+@masked_repr("ticket")
 @dataclass(frozen=True, slots=True)
 class DoLogin:
     """Call ``request_token`` (with ``ticket`` after a time penalty)."""
 
     ticket: str | None = None
 
-    def __repr__(self) -> str:
-        return f"DoLogin(ticket={'***' if self.ticket else None})"
 
-
+@masked_repr("token")
 @dataclass(frozen=True, slots=True)
 class DoRenew:
     """Call ``renew_token`` with ``token``."""
 
     token: str
-
-    def __repr__(self) -> str:
-        return "DoRenew(token='***')"
 
 
 Action = DoLogin | DoRenew
@@ -91,15 +87,13 @@ Action = DoLogin | DoRenew
 # --- events: what the loop should do with an outcome ---------------------------------------
 
 
+@masked_repr("token")
 @dataclass(frozen=True, slots=True)
 class TokenChanged:
     """A new token: hand it to every worker."""
 
     token: str
     expires_at: float
-
-    def __repr__(self) -> str:
-        return f"TokenChanged(token='***', expires_at={self.expires_at!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +104,7 @@ class Fatal:
 
 
 @dataclass(frozen=True, slots=True)
-class Backoff:
+class Wait:
     """No call before ``until``; ``why`` is for the log (loud for captcha and lock-outs)."""
 
     until: float
@@ -122,7 +116,7 @@ class Nothing:
     """Nothing for the loop to do (the next call is already scheduled)."""
 
 
-Event = TokenChanged | Fatal | Backoff | Nothing
+Event = TokenChanged | Fatal | Wait | Nothing
 
 
 # --- the keeper -------------------------------------------------------------------------------
@@ -215,22 +209,22 @@ class TokenKeeper:
         match outcome:
             case Grant(token, expires_at, _):
                 return self._granted(token, expires_at, now)
-            case Penalty(ticket, wait):
+            case Ticket(ticket, wait):
                 until = now + max(0.0, wait)
                 # a login penalty is resolved by resending with the ticket; a renewal just waits
                 self._schedule(DoLogin(ticket) if login else action, until, "penalty")
-                return Backoff(until, f"time penalty (p-ticket) on {'login' if login else 'renewal'}: "
+                return Wait(until, f"time penalty (p-ticket) on {'login' if login else 'renewal'}: "
                                       f"retry in {wait:g} s")
             case Captcha():
                 until = now + self.captcha_backoff
                 self._schedule(DoLogin(), until, "captcha", "p-captcha")
-                return Backoff(until, f"Tradovate asks for a captcha (p-captcha), which a daemon cannot solve; "
+                return Wait(until, f"Tradovate asks for a captcha (p-captcha), which a daemon cannot solve; "
                                       f"no login attempt for {self.captcha_backoff:g} s")
             case Locked(status):
                 until = now + self.lockout_backoff
                 retry: Action = action if not login and self.valid(until) else DoLogin()
                 self._schedule(retry, until, "locked", f"HTTP {status}")
-                return Backoff(until, f"rate-limited by Tradovate (HTTP {status}); "
+                return Wait(until, f"rate-limited by Tradovate (HTTP {status}); "
                                       f"no request for {self.lockout_backoff:g} s")
             case Refused(text) if login:
                 if not self._ever_granted:
@@ -239,7 +233,7 @@ class TokenKeeper:
                     return Fatal(f"login refused: {text}")
                 until = now + self.lockout_backoff
                 self._schedule(DoLogin(), until, "failed", f"login refused: {text}")
-                return Backoff(until, f"login refused: {text}; credentials changed? "
+                return Wait(until, f"login refused: {text}; credentials changed? "
                                       f"no attempt for {self.lockout_backoff:g} s")
             case Unauthorized() | Refused() if not login:
                 self.token = self.expires_at = None
@@ -292,4 +286,4 @@ class TokenKeeper:
             what = "login"
             retry = action if isinstance(action, DoLogin) else DoLogin()
             self._schedule(retry, until, "failed", f"login failed: {reason}")
-        return Backoff(until, f"token {what} failed ({reason}); retry in {until - now:.1f} s")
+        return Wait(until, f"token {what} failed ({reason}); retry in {until - now:.1f} s")

@@ -21,9 +21,9 @@ from typing import Any
 import structlog
 
 from shardsync import ipc, protocol
-from shardsync.auth import fingerprint
 from shardsync.backoff import Backoff
 from shardsync.change import Change
+from shardsync.ipc import ShardState
 from shardsync.mirror import Mirror, MirrorError
 from shardsync.protocol import (
     CloseFrame,
@@ -34,6 +34,7 @@ from shardsync.protocol import (
     ShutdownEvent,
     SystemEvent,
 )
+from shardsync.secrets import fingerprint
 from shardsync.sinks import Sink, SinkError, open_sink
 from shardsync.worker.connection import Closed, Connection, ConnectionLost
 from shardsync.worker.options import WorkerOptions
@@ -128,7 +129,7 @@ class Worker:
         #: When the frames being handled were received (one timestamp per read pass).
         self._received_at = ""
 
-        self.state = "starting"
+        self.state = ShardState.STARTING
         self.connected_since: float | None = None
         self.last_frame_at: float | None = None
         self.frames = 0
@@ -180,7 +181,7 @@ class Worker:
                     self.sink.close()
                     self.sink = None
                 self._fail("sink_open_failed", str(exc))
-                self._wait(self._clock() + self._backoff.delay(attempt), state="backoff")
+                self._wait(self._clock() + self._backoff.delay(attempt), state=ShardState.BACKOFF)
 
     def _after_session(self, end: SessionEnded) -> None:
         self._close_connection(clean=not isinstance(end, TokenRejected))
@@ -191,17 +192,17 @@ class Worker:
         delay = end.backoff if end.backoff is not None else self._backoff.delay(self._failures)
         self.log.warning("session_ended", reason=str(end), reconnect_in=round(delay, 3))
         self.last_error = str(end)
-        self._wait(self._clock() + delay, state="backoff")
+        self._wait(self._clock() + delay, state=ShardState.BACKOFF)
 
     def _await_token(self) -> None:
         while self.token is None:
-            self._wait(None, state="waiting_token", until=lambda: self.token is not None)
+            self._wait(None, state=ShardState.WAITING_TOKEN, until=lambda: self.token is not None)
 
     def _await_permit(self) -> None:
         if self._permit:
             return
         self._send(ipc.NeedPermit())
-        self._wait(None, state="waiting_permit", until=lambda: self._permit)
+        self._wait(None, state=ShardState.WAITING_PERMIT, until=lambda: self._permit)
 
     # --- one session -----------------------------------------------------------------
 
@@ -209,7 +210,7 @@ class Worker:
         assert self.token is not None and self.mirror is not None
         if self.options.permits:
             self._permit = False  # one permit, one connect
-        self._set_state("connecting", busy_for=self.options.handshake_timeout)
+        self._set_state(ShardState.CONNECTING, busy_for=self.options.handshake_timeout)
         global _interruptible  # noqa: PLW0603 - read by the signal handler, which has no other way in
         _interruptible = True
         try:
@@ -228,7 +229,7 @@ class Worker:
         self.connected_since = time.time()
         self.last_frame_at = now
         self._next_ping = now + protocol.HEARTBEAT_INTERVAL
-        self._set_state("authorizing")
+        self._set_state(ShardState.AUTHORIZING)
         self.log.info("connected", url=self.options.ws_url)
 
         assembler: SnapshotAssembler | None = None
@@ -252,7 +253,7 @@ class Worker:
                             opened = True
                             self.conn.send(protocol.encode_authorize(AUTH_ID, token))
                         continue
-                    if self.state == "authorizing":
+                    if self.state is ShardState.AUTHORIZING:
                         if isinstance(message, Response) and message.id == AUTH_ID:
                             self._on_authorized(message, token)
                             assembler = self._request_sync()
@@ -291,7 +292,7 @@ class Worker:
             split_responses=self.options.split_responses,
         )
         self.conn.send(protocol.encode_request("user/syncrequest", SYNC_ID, "", body))
-        self._set_state("syncing")
+        self._set_state(ShardState.SYNCING)
         return SnapshotAssembler(SYNC_ID, split=self.options.split_responses, quiet=self._quiet)
 
     def _dispatch(self, message: object, assembler: SnapshotAssembler, reconciled: bool) -> None:
@@ -364,7 +365,7 @@ class Worker:
         for event in assembler.buffered:
             self._apply(event)
         self._flush()
-        self._set_state("live")
+        self._set_state(ShardState.LIVE)
         self.log.info(
             "live",
             parts=assembler.parts,
@@ -498,7 +499,7 @@ class Worker:
 
     # --- waiting, inbox, heartbeats -------------------------------------------------------
 
-    def _wait(self, until_time: float | None, *, state: str, until: Callable[[], bool] | None = None) -> None:
+    def _wait(self, until_time: float | None, *, state: ShardState, until: Callable[[], bool] | None = None) -> None:
         """Sleep in the selector until ``until_time`` or ``until()``, serving inbox and heartbeats."""
         self._set_state(state)
         while True:
@@ -560,7 +561,7 @@ class Worker:
         if not alive:
             raise Stopping
 
-    def _set_state(self, state: str, *, busy_for: float = 0.0) -> None:
+    def _set_state(self, state: ShardState, *, busy_for: float = 0.0) -> None:
         """Change state and tell the parent at once (permits and status follow states)."""
         if state != self.state or busy_for:
             self.state = state
@@ -590,7 +591,7 @@ class Worker:
             conn.abort()
 
     def _shutdown(self) -> None:
-        self.state = "stopping"
+        self.state = ShardState.STOPPING
         try:
             if self.mirror is not None and self.sink is not None:
                 self._flush()

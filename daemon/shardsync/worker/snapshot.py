@@ -21,9 +21,8 @@ from __future__ import annotations
 from typing import Any
 
 from shardsync import protocol
+from shardsync.change import Key
 from shardsync.protocol import PropsEvent, ProtocolError, Response, SystemEvent
-
-Key = tuple[str, int]
 
 
 class SyncRejected(Exception):
