@@ -16,7 +16,6 @@ never appear in exception text or in a ``repr``.
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import ssl
 import urllib.error
 import urllib.request
@@ -28,6 +27,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from shardsync.config.values import is_loopback
 from shardsync.credentials import Credentials
 from shardsync.protocol import ProtocolError, penalty_of
 from shardsync.secrets import masked_repr, register_secret
@@ -121,16 +121,9 @@ class _Unreachable(Exception):
 
 def _check_url(url: str) -> None:
     parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
     if parts.scheme == "https":
         return
-    loopback = host in ("localhost", "localhost.")
-    if not loopback:
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-    if parts.scheme != "http" or not loopback:
+    if parts.scheme != "http" or not is_loopback(parts.hostname or ""):
         raise ValueError("the REST URL must be https:// (plain http:// only to a loopback host)")
 
 

@@ -110,15 +110,22 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    # The simulator (websockets, asyncio: ~150 modules) is imported only here, so
+    # `shardsync run` and every worker it forks never carry the fake server.
     from shardsync import simulator
 
-    return simulator.run(args)
+    parser = argparse.ArgumentParser(prog="shardsync simulate", description=_SIMULATE_HELP)
+    simulator.add_arguments(parser)
+    return simulator.run(parser.parse_args(args.extra))
 
 
 def _demo(args: argparse.Namespace) -> int:
     from shardsync.demo import run_demo
 
     return run_demo(state_dir=args.state_dir, shards=args.shards, duration=args.duration, event_rate=args.event_rate)
+
+
+_SIMULATE_HELP = "run the protocol-faithful fake Tradovate server"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,11 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     statusclient.add_arguments(status)
     status.set_defaults(handler=_status)
 
-    simulate = commands.add_parser("simulate", help="run the protocol-faithful fake Tradovate server")
-    from shardsync import simulator
-
-    simulator.add_arguments(simulate)
-    simulate.set_defaults(handler=_simulate)
+    # Its own options are parsed by _simulate (``shardsync simulate --help`` lists them).
+    simulate = commands.add_parser("simulate", help=_SIMULATE_HELP, add_help=False)
+    simulate.set_defaults(handler=_simulate, passes_extra=True)
 
     demo = commands.add_parser("demo", help="simulator + a 4-shard sync into ./demo-state, with live status")
     demo.add_argument("--state-dir", default="./demo-state", help="where the shard files go (default ./demo-state)")
@@ -157,7 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passes_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     code: int = args.handler(args)
     return code
 

@@ -1,25 +1,43 @@
-"""Where a shard's changes are persisted: sqlite (default), jsonl or postgres."""
+"""Where a shard's changes are persisted: sqlite (default), jsonl or postgres.
+
+Adding a sink kind is one :data:`KINDS` entry plus its module: the config
+validates ``[sink] kind`` and the key it needs against this table, and
+:func:`open_sink` imports the module only when the kind is chosen (psycopg is
+an optional extra, and a worker loads only its own sink).
+"""
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
+from typing import Literal
+
 from shardsync.sinks.base import Sink, SinkError, shard_file_name
-from shardsync.sinks.jsonl import JsonlSink
-from shardsync.sinks.sqlite import SqliteSink
 
-__all__ = ["KINDS", "Sink", "SinkError", "open_sink", "shard_file_name"]
+__all__ = ["KINDS", "Sink", "SinkError", "SinkKind", "open_sink", "shard_file_name"]
 
-KINDS = ("sqlite", "jsonl", "postgres")
+
+@dataclass(frozen=True, slots=True)
+class SinkKind:
+    """One sink kind: its class, and which ``[sink]`` key says where it writes."""
+
+    module: str
+    cls: str
+    target: Literal["path", "dsn"]
+
+
+KINDS: dict[str, SinkKind] = {
+    "sqlite": SinkKind("shardsync.sinks.sqlite", "SqliteSink", "path"),
+    "jsonl": SinkKind("shardsync.sinks.jsonl", "JsonlSink", "path"),
+    "postgres": SinkKind("shardsync.sinks.postgres", "PostgresSink", "dsn"),
+}
 
 
 def open_sink(kind: str, *, path: str = "", dsn: str = "", remainder: int, divisor: int) -> Sink:
     """Open shard ``remainder``/``divisor``'s sink of ``kind``, taking its single-writer lock."""
-    if kind == "sqlite":
-        return SqliteSink(path, remainder=remainder, divisor=divisor)
-    if kind == "jsonl":
-        return JsonlSink(path, remainder=remainder, divisor=divisor)
-    if kind == "postgres":
-        # Imported only when chosen: psycopg is an optional extra.
-        from shardsync.sinks.postgres import PostgresSink
-
-        return PostgresSink(dsn, remainder=remainder, divisor=divisor)
-    raise SinkError(f"unknown sink kind {kind!r}; expected one of {', '.join(KINDS)}")
+    entry = KINDS.get(kind)
+    if entry is None:
+        raise SinkError(f"unknown sink kind {kind!r}; expected one of {', '.join(KINDS)}")
+    cls: type[Sink] = getattr(importlib.import_module(entry.module), entry.cls)
+    where = path if entry.target == "path" else dsn
+    return cls(where, remainder=remainder, divisor=divisor)  # type: ignore[call-arg]
