@@ -6,10 +6,8 @@ One pure structlog pipeline, no stdlib handler for our own records:
     -> redaction -> JSON (orjson) or console
 
 Every record reaches the stream with **one** ``write`` (newline included) and
-a JSON record is kept below :data:`MAX_RECORD_BYTES` (``PIPE_BUF``), so lines
+a JSON record is kept below ``PIPE_BUF`` (:mod:`shardsync.logrecord`), so lines
 from the parent and many forked workers sharing one pipe never interleave.
-Long strings and lists are cut (``"truncated": true`` is added); the
-exception type and the start of its message survive.
 
 Third-party stdlib loggers (websocket-client, websockets, psycopg) are routed
 through :class:`structlog.stdlib.ProcessorFormatter` into the same shape.
@@ -32,26 +30,22 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import IO, Any, Final
 
-import orjson
 import structlog
 from structlog.dev import ConsoleRenderer, plain_traceback
 from structlog.processors import ExceptionRenderer, JSONRenderer, StackInfoRenderer, TimeStamper
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from shardsync.logrecord import serialize
 from shardsync.secrets import MASK, is_secret_key, redact_text, register_secret
 
 __all__ = [
-    "MAX_RECORD_BYTES",
     "add_pid",
     "configure_logging",
     "get_logger",
     "reconfigure_after_fork",
     "redact",
 ]
-
-#: a whole record, newline included, is shorter than this (PIPE_BUF on Linux)
-MAX_RECORD_BYTES: Final = 4096
 
 _LEVELS: Final = {
     "debug": logging.DEBUG,
@@ -106,92 +100,6 @@ def add_pid(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventD
     """Processor: the pid at call time (workers fork; never cached)."""
     event_dict["pid"] = os.getpid()
     return event_dict
-
-
-# --------------------------------------------------------------------------
-# JSON serialization under PIPE_BUF
-
-_JSON_OPTS: Final = orjson.OPT_NON_STR_KEYS
-_LIMIT: Final = MAX_RECORD_BYTES - 1  # room for the newline
-# (longest string, most list items) tried in turn until the record fits
-_CLIP_STEPS: Final = ((1024, 32), (512, 16), (256, 8), (128, 6), (64, 4), (32, 4))
-_LEADING_KEYS: Final = ("timestamp", "level", "event")
-_KEEP_ON_OVERFLOW: Final = ("timestamp", "level", "event", "logger", "pid", "shard", "divisor")
-
-
-def _clip(value: object, max_str: int, max_items: int) -> object:
-    if isinstance(value, str):
-        if len(value) > max_str:
-            return f"{value[:max_str]}…[truncated {len(value) - max_str} chars]"
-        return value
-    if isinstance(value, dict):
-        return {k: _clip(v, max_str, max_items) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        items = list(value)
-        if len(items) > max_items:
-            head = max_items // 2
-            tail = max_items - head
-            cut = len(items) - max_items
-            items = [*items[:head], f"…[truncated {cut} items]", *items[len(items) - tail :]]
-        return [_clip(v, max_str, max_items) for v in items]
-    return value
-
-
-def _exception_summary(exc: object) -> str | None:
-    # (the first entry of ExceptionDictTransformer's list is the one raised)
-    if isinstance(exc, list) and exc and isinstance(exc[0], dict):
-        raised = exc[0]
-        return f"{raised.get('exc_type', '?')}: {raised.get('exc_value', '')}"
-    if isinstance(exc, str):
-        lines = exc.strip().splitlines()
-        return lines[-1] if lines else None
-    return None
-
-
-def _dumps(obj: object) -> bytes:
-    try:
-        return orjson.dumps(obj, default=str, option=_JSON_OPTS)
-    except (TypeError, orjson.JSONEncodeError):
-        # e.g. an int beyond 64 bits: stringify what orjson refuses
-        return orjson.dumps(_stringify(obj), option=_JSON_OPTS)
-
-
-def _stringify(value: object) -> object:
-    if isinstance(value, dict):
-        return {str(k): _stringify(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_stringify(v) for v in value]
-    if value is None or isinstance(value, (bool, float, str)):
-        return value
-    return str(value)
-
-
-def serialize(event_dict: Mapping[str, Any], **_: Any) -> bytes:
-    """One JSON record (no newline), guaranteed shorter than ``MAX_RECORD_BYTES - 1``."""
-    # timestamp, level and event lead: easier on the eye in journalctl/less
-    event_dict = {**{k: event_dict[k] for k in _LEADING_KEYS if k in event_dict}, **event_dict}
-    data = _dumps(event_dict)
-    if len(data) < _LIMIT:
-        return data
-    for max_str, max_items in _CLIP_STEPS:
-        clipped = _clip(dict(event_dict), max_str, max_items)
-        assert isinstance(clipped, dict)
-        clipped["truncated"] = True
-        data = _dumps(clipped)
-        if len(data) < _LIMIT:
-            return data
-    # too many keys: keep the essentials and the exception's type and message
-    minimal: dict[str, object] = {k: event_dict[k] for k in _KEEP_ON_OVERFLOW if k in event_dict}
-    dropped = len(event_dict) - len(minimal)
-    summary = _exception_summary(event_dict.get("exception"))
-    if summary is not None:
-        minimal["exception"] = summary
-    minimal["truncated"] = True
-    minimal["dropped_keys"] = dropped
-    data = _dumps(_clip(minimal, 256, 4))
-    if len(data) < _LIMIT:
-        return data
-    return _dumps({"event": "log record too large", "truncated": True, "pid": os.getpid()})
 
 
 # --------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import orjson
 import pytest
 import structlog
 
-from shardsync import logs, secrets
+from shardsync import logrecord, logs, secrets
 
 
 class CountingBuffer(io.BytesIO):
@@ -193,7 +193,7 @@ def test_huge_record_truncated_below_pipe_buf() -> None:
     except ValueError:
         logs.get_logger().exception("big", blob="x" * 100_000, items=list(range(10_000)))
     (line,) = buf.getvalue().splitlines(keepends=True)
-    assert len(line) < logs.MAX_RECORD_BYTES
+    assert len(line) < logrecord.MAX_RECORD_BYTES
     rec = orjson.loads(line)
     assert rec["truncated"] is True and rec["event"] == "big"
     assert rec["exception"][0]["exc_type"] == "ValueError"
@@ -215,7 +215,7 @@ def test_deep_traceback_truncated() -> None:
     except OSError:
         logs.get_logger().exception("deep")
     (line,) = buf.getvalue().splitlines(keepends=True)
-    assert len(line) < logs.MAX_RECORD_BYTES
+    assert len(line) < logrecord.MAX_RECORD_BYTES
     rec = orjson.loads(line)
     assert rec["exception"][0]["exc_type"] == "OSError"
     assert rec["exception"][0]["exc_value"] == "deep failure"
@@ -226,7 +226,7 @@ def test_too_many_keys_falls_back_to_essentials() -> None:
     buf = json_buffer()
     logs.get_logger().info("wide", **{f"k{i}": "v" * 40 for i in range(500)})
     (line,) = buf.getvalue().splitlines(keepends=True)
-    assert len(line) < logs.MAX_RECORD_BYTES
+    assert len(line) < logrecord.MAX_RECORD_BYTES
     rec = orjson.loads(line)
     assert rec["event"] == "wide" and rec["truncated"] is True and rec["dropped_keys"] == 500
     assert {"timestamp", "level", "pid"} <= set(rec)
