@@ -74,21 +74,26 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _reexec_without_credentials(config: str, credentials: Credentials) -> NoReturn:
-    """Start over without SHARDSYNC_* in the environment, the values handed over a pipe.
+    """Start over without SHARDSYNC_* in the environment, the values handed over in a memfd.
 
     A forked worker's /proc/PID/environ is the environment block this process
     was started with, whatever os.environ says later; only a new exec drops it.
     """
     from shardsync.credentials import credential_env_names
 
-    read_fd, write_fd = os.pipe()
-    os.write(write_fd, orjson.dumps(
+    # A memfd, not a pipe: a pipe holds 64 KiB, and writing more before exec
+    # (nobody reads yet) would block forever.  The memfd has no name on disk.
+    fd = os.memfd_create("shardsync-credentials", 0)  # not inheritable by default: set below, for exec only
+    payload = orjson.dumps(
         {"username": credentials.username, "password": credentials.password, "secret": credentials.secret}
-    ))
-    os.close(write_fd)
-    os.set_inheritable(read_fd, True)
+    )
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.set_inheritable(fd, True)
     env = {k: v for k, v in os.environ.items() if k not in credential_env_names()}
-    argv = [sys.executable, "-m", "shardsync", "run", "-c", config, "--credentials-fd", str(read_fd)]
+    argv = [sys.executable, "-m", "shardsync", "run", "-c", config, "--credentials-fd", str(fd)]
     os.execve(sys.executable, argv, env)  # noqa: S606 - our own interpreter, fixed argv
 
 

@@ -25,6 +25,7 @@ from typing import Final
 
 from shardsync.config import CredentialsSettings
 from shardsync.exitcodes import EX_NOPERM
+from shardsync.files import read_regular_file
 from shardsync.secrets import masked_repr, register_secret
 
 __all__ = [
@@ -37,6 +38,10 @@ __all__ = [
 ]
 
 FIELDS: Final = ("username", "password", "secret")
+#: A credentials file (or one systemd credential) is tiny; a bigger one is a mistake, not read into memory.
+MAX_FILE_BYTES: Final = 64 * 1024
+#: Longest accepted username, password or secret.
+MAX_VALUE_BYTES: Final = 16 * 1024
 ENV_PREFIX: Final = "SHARDSYNC_"
 DIRECTORY_ENV: Final = "CREDENTIALS_DIRECTORY"
 
@@ -72,6 +77,25 @@ def _missing(names: Sequence[str]) -> str:
     return ", ".join(names)
 
 
+def _read(path: str, what: str) -> bytes:
+    """A credential source's bytes: a regular file, at most :data:`MAX_FILE_BYTES`, never blocking."""
+    try:
+        return read_regular_file(path, MAX_FILE_BYTES)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise CredentialsError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise CredentialsError(f"cannot read {what} {path}: {exc}") from None
+
+
+def _checked(values: dict[str, str], where: str) -> Credentials:
+    too_long = [name for name in FIELDS if len(values[name].encode()) > MAX_VALUE_BYTES]
+    if too_long:
+        raise CredentialsError(f"{where}: {_missing(too_long)} longer than {MAX_VALUE_BYTES} bytes")
+    return Credentials(values["username"], values["password"], values["secret"])
+
+
 def _from_directory(directory: str) -> Credentials | None:
     base = Path(directory)
     values: dict[str, str] = {}
@@ -79,12 +103,10 @@ def _from_directory(directory: str) -> Credentials | None:
     for name in FIELDS:
         path = base / name
         try:
-            raw = path.read_bytes()
+            raw = _read(str(path), "credential file")
         except FileNotFoundError:
             missing.append(name)
             continue
-        except OSError as exc:
-            raise CredentialsError(f"cannot read credential file {path}: {exc.strerror or exc}") from None
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -100,7 +122,7 @@ def _from_directory(directory: str) -> Credentials | None:
             f"${DIRECTORY_ENV} ({directory}) has {_missing(sorted(values))} but lacks {_missing(missing)}; "
             "add the missing LoadCredential= lines or remove the others"
         )
-    return Credentials(values["username"], values["password"], values["secret"])
+    return _checked(values, f"${DIRECTORY_ENV} ({directory})")
 
 
 def _from_environment(environ: Mapping[str, str]) -> Credentials | None:
@@ -115,18 +137,17 @@ def _from_environment(environ: Mapping[str, str]) -> Credentials | None:
     empty = [names[field] for field in FIELDS if not present[field]]
     if empty:
         raise CredentialsError(f"{_missing(empty)} set but empty")
-    return Credentials(present["username"], present["password"], present["secret"])
+    return _checked(present, "the SHARDSYNC_* environment variables")
 
 
 def _from_file(file: str) -> Credentials:
     try:
-        fd = os.open(file, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        # Opened once and checked on the descriptor: no window to swap the file after the checks.
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as exc:
-        raise CredentialsError(
-            f"[credentials] file {file}: cannot open: {exc.strerror or exc}"
-        ) from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
+        raise CredentialsError(f"[credentials] file {file}: cannot open: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise CredentialsError(f"[credentials] file {file} is not a regular file")
         mode = stat.S_IMODE(info.st_mode)
@@ -135,10 +156,9 @@ def _from_file(file: str) -> Credentials:
                 f"[credentials] file {file} has mode {mode:04o}: readable or writable by group or others; "
                 f"refusing to use it. Run: chmod 600 {file}"
             )
-        try:
-            raw = handle.read()
-        except OSError as exc:
-            raise CredentialsError(f"[credentials] file {file}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    raw = _read(file, "[credentials] file")
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -146,6 +166,8 @@ def _from_file(file: str) -> Credentials:
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message names the position and the kind of error, not the text
         raise CredentialsError(f"[credentials] file {file} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise CredentialsError(f"[credentials] file {file} is nested too deeply to be a credentials file") from None
     problems: list[str] = []
     unknown = sorted(key for key in data if key not in FIELDS)
     if unknown:
@@ -163,7 +185,7 @@ def _from_file(file: str) -> Credentials:
         raise CredentialsError(
             f"[credentials] file {file}: {'; '.join(problems)} (expected exactly {_missing(list(FIELDS))})"
         )
-    return Credentials(data["username"], data["password"], data["secret"])
+    return _checked(data, f"[credentials] file {file}")
 
 
 def load_credentials(settings: CredentialsSettings, *, environ: Mapping[str, str] = os.environ) -> Credentials:

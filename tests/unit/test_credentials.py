@@ -9,13 +9,13 @@ import pytest
 
 from shardsync.config import CredentialsSettings
 from shardsync.credentials import (
-    EX_NOPERM,
     Credentials,
     CredentialsError,
     credential_env_names,
     load_credentials,
     scrub_credential_env,
 )
+from shardsync.exitcodes import EX_NOPERM
 
 ENV = {"SHARDSYNC_USERNAME": "env-user", "SHARDSYNC_PASSWORD": "env-pass-1234", "SHARDSYNC_SECRET": "env-sec-1234"}
 NO_FILE = CredentialsSettings()
@@ -183,3 +183,63 @@ def test_default_environ_is_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
     assert load_credentials(NO_FILE).username == "env-user"
     assert os.environ["SHARDSYNC_USERNAME"] == "env-user"
+
+
+# --- hostile sources: never hang, never a traceback, always exit 77 with the reason ------------------
+
+
+def test_fifo_credentials_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    """A FIFO as [credentials] file is 'not a regular file' at once (opening it must not wait for a writer)."""
+    fifo = tmp_path / "credentials.toml"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(CredentialsError, match="not a regular file"):
+        load_credentials(CredentialsSettings(file=str(fifo)), environ={})
+
+
+def test_directory_as_credentials_file_is_refused(tmp_path: Path) -> None:
+    """A directory as [credentials] file gives CredentialsError (exit 77), not IsADirectoryError."""
+    directory = tmp_path / "creds.d"
+    directory.mkdir(mode=0o700)
+    with pytest.raises(CredentialsError, match="not a regular file"):
+        load_credentials(CredentialsSettings(file=str(directory)), environ={})
+
+
+def test_huge_credentials_file_is_refused_unread(tmp_path: Path) -> None:
+    """A credentials file over 64 KiB is refused by its size."""
+    path = cred_file(tmp_path, GOOD_TOML + "#" * (70 * 1024) + "\n")
+    with pytest.raises(CredentialsError, match="too large"):
+        load_credentials(CredentialsSettings(file=str(path)), environ={})
+
+
+def test_deeply_nested_credentials_file_is_refused(tmp_path: Path) -> None:
+    """TOML nested thousands deep is a CredentialsError, not a RecursionError traceback."""
+    path = cred_file(tmp_path, "username = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(CredentialsError) as err:
+        load_credentials(CredentialsSettings(file=str(path)), environ={})
+    assert err.value.exit_code == EX_NOPERM
+
+
+def test_fifo_in_credentials_directory_is_refused(tmp_path: Path) -> None:
+    """$CREDENTIALS_DIRECTORY/password as a FIFO is refused at once, naming the file."""
+    directory = cred_dir(tmp_path, {"username": "u", "secret": "s3cret-1234"})
+    os.mkfifo(directory / "password", 0o600)
+    with pytest.raises(CredentialsError, match=r"password.*not a regular file"):
+        load_credentials(NO_FILE, environ={"CREDENTIALS_DIRECTORY": str(directory)})
+
+
+@pytest.mark.parametrize("source", ["environment", "file", "directory"])
+def test_overlong_values_are_refused_from_every_source(tmp_path: Path, source: str) -> None:
+    """A password over 16 KiB is refused (named, not shown) whichever source it comes from."""
+    long = "p" * (16 * 1024 + 1)
+    environ: dict[str, str] = {}
+    settings = NO_FILE
+    if source == "environment":
+        environ = {**ENV, "SHARDSYNC_PASSWORD": long}
+    elif source == "file":
+        text = f'username = "u"\npassword = "{long}"\nsecret = "s"\n'
+        settings = CredentialsSettings(file=str(cred_file(tmp_path, text)))
+    else:
+        environ = {"CREDENTIALS_DIRECTORY": str(cred_dir(tmp_path, {"username": "u", "password": long, "secret": "s"}))}
+    with pytest.raises(CredentialsError, match="password longer than 16384 bytes") as err:
+        load_credentials(settings, environ=environ)
+    assert long not in str(err.value)

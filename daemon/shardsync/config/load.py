@@ -13,8 +13,9 @@ from pydantic import ValidationError
 from shardsync.config.errors import ConfigError, toml_error, validation_lines
 from shardsync.config.identity import current_user, read_machine_id
 from shardsync.config.models import Settings
+from shardsync.files import read_regular_file
 
-__all__ = ["load_config", "parse_settings", "render_settings"]
+__all__ = ["MAX_CONFIG_BYTES", "load_config", "parse_settings", "render_settings", "too_deep"]
 
 
 def parse_settings(
@@ -31,19 +32,40 @@ def parse_settings(
         raise ConfigError(source, validation_lines(exc)) from None
 
 
+#: A config file is a few KiB; anything much larger is not one (and is not read into memory).
+MAX_CONFIG_BYTES = 1 << 20
+#: Tables and arrays nested deeper than this are refused before validation (no config needs 4).
+MAX_NESTING = 16
+
+
+def too_deep(data: object, limit: int) -> str | None:
+    """The dotted path of the first value nested deeper than ``limit``, or None (iterative: no recursion)."""
+    stack: list[tuple[object, int, str]] = [(data, 0, "")]
+    while stack:
+        value, depth, where = stack.pop()
+        if depth > limit:
+            return where or "(top level)"
+        if isinstance(value, dict):
+            stack += [(v, depth + 1, f"{where}.{k}" if where else str(k)) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(v, depth + 1, f"{where}[{i}]") for i, v in enumerate(value)]
+    return None
+
+
 def load_config(
     path: str | os.PathLike[str],
     *,
     machine_id: Callable[[], str] = read_machine_id,
     user: Callable[[], str] = current_user,
 ) -> Settings:
-    """Read and validate a TOML config file; raise :class:`ConfigError` on any problem."""
+    """Read and validate a TOML config file; raise :class:`ConfigError` on any problem, never anything else."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = read_regular_file(path, MAX_CONFIG_BYTES)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError(path, [f"cannot read config file: {reason}"]) from None
+    except ValueError as exc:
+        raise ConfigError(path, [f"cannot read config file: {exc}"]) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -52,6 +74,11 @@ def load_config(
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [toml_error(exc)]) from None
+    except RecursionError:
+        raise ConfigError(path, [f"TOML nesting too deep (at most {MAX_NESTING} levels)"]) from None
+    where = too_deep(data, MAX_NESTING)
+    if where is not None:
+        raise ConfigError(path, [f"{where}: nested too deeply (at most {MAX_NESTING} levels)"])
     return parse_settings(data, source=path, machine_id=machine_id, user=user)
 
 

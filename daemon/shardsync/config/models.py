@@ -9,7 +9,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from shardsync.config.identity import current_user, derive_device_id, read_machine_id
-from shardsync.config.values import as_tuple, check_url, dsn_secrets, mask_dsn, parse_listen, parse_remainders
+from shardsync.config.values import (
+    as_tuple,
+    check_url,
+    dsn_secrets,
+    mask_dsn,
+    parse_duration,
+    parse_listen,
+    parse_remainders,
+)
 from shardsync.sinks import KINDS as SINK_KINDS
 
 __all__ = [
@@ -44,6 +52,11 @@ DEFAULT_ENTITY_TYPES = (
 
 MAX_DIVISOR = 65536
 
+# Units for the bounds below: every numeric key has an upper bound, so an
+# accepted value can never overflow a timer or an allocation in a worker.
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
+
 _ALL: Any = "all"  # the default of sync.remainders, resolved by its validator
 
 SECTIONS = ("tradovate", "credentials", "sync", "supervisor", "sink", "log", "status")
@@ -60,6 +73,14 @@ _MODEL_CONFIG = ConfigDict(
 class _Section(BaseModel):
     model_config = _MODEL_CONFIG
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: object) -> object:
+        # A NUL byte cannot be part of a path, URL or name the OS or a server accepts.
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain a NUL character")
+        return value
+
 
 class TradovateSettings(_Section):
     """Where and as whom to connect to Tradovate."""
@@ -69,14 +90,22 @@ class TradovateSettings(_Section):
     ws_url: str = ""
     app_id: str = Field(min_length=1)
     app_version: str = Field(default="1.0", min_length=1)
-    cid: int = Field(gt=0)
+    cid: int = Field(gt=0, le=2**53)
     device_id: str = ""
     ca_file: str = ""
-    handshake_timeout: float = Field(default=10.0, gt=0)
-    idle_timeout: float = Field(default=30.0, gt=0)
-    renew_before: float = Field(default=900.0, gt=0)
-    captcha_backoff: float = Field(default=3600.0, gt=0)
-    lockout_backoff: float = Field(default=3600.0, gt=0)
+    handshake_timeout: float = Field(default=10.0, gt=0, le=MINUTE * 5)
+    # The server sends "h" every 2.5 s when idle: 10 s is four missed beats.
+    idle_timeout: float = Field(default=10.0, gt=0, le=HOUR)
+    response_timeout: float = Field(default=30.0, gt=0, le=MINUTE * 10)
+    max_message_bytes: int = Field(default=64 * MIB, ge=64 * KIB, le=GIB)
+    snapshot_timeout: float = Field(default=MINUTE * 10, gt=0, le=DAY)
+    max_snapshot_bytes: int = Field(default=4 * GIB, ge=MIB, le=64 * GIB)
+    max_snapshot_entities: int = Field(default=10_000_000, ge=1, le=1_000_000_000)
+    deletion_grace: float = Field(default=10.0, ge=0, le=HOUR)
+    max_resync_delete_ratio: float = Field(default=0.5, gt=0, le=1.0)
+    renew_before: float = Field(default=900.0, gt=0, le=DAY)
+    captcha_backoff: float = Field(default=HOUR, gt=0, le=DAY)
+    lockout_backoff: float = Field(default=HOUR, gt=0, le=DAY)
 
     @field_validator("rest_url", mode="before")
     @classmethod
@@ -170,17 +199,17 @@ class SyncSettings(_Section):
 class SupervisorSettings(_Section):
     """Heartbeats, restart policy and connect pacing of the parent."""
 
-    heartbeat_interval: float = Field(default=1.0, gt=0)
-    heartbeat_timeout: float = Field(default=10.0, gt=0)
-    backoff_initial: float = Field(default=0.5, gt=0)
-    backoff_max: float = Field(default=60.0, gt=0)
-    stable_after: float = Field(default=60.0, gt=0)
-    intensity: int = Field(default=10, ge=1)
-    period: float = Field(default=300.0, gt=0)
-    shutdown_timeout: float = Field(default=10.0, gt=0)
-    start_timeout: float = Field(default=60.0, gt=0)
-    max_concurrent_connects: int = Field(default=2, ge=1)
-    connect_spacing: float = Field(default=0.5, ge=0)
+    heartbeat_interval: float = Field(default=1.0, gt=0, le=MINUTE)
+    heartbeat_timeout: float = Field(default=10.0, gt=0, le=HOUR)
+    backoff_initial: float = Field(default=0.5, gt=0, le=HOUR)
+    backoff_max: float = Field(default=60.0, gt=0, le=DAY)
+    stable_after: float = Field(default=60.0, gt=0, le=DAY)
+    intensity: int = Field(default=10, ge=1, le=10_000)
+    period: float = Field(default=300.0, gt=0, le=7 * DAY)
+    shutdown_timeout: float = Field(default=10.0, gt=0, le=HOUR)
+    start_timeout: float = Field(default=60.0, gt=0, le=DAY)
+    max_concurrent_connects: int = Field(default=2, ge=1, le=64)
+    connect_spacing: float = Field(default=0.5, ge=0, le=MINUTE)
 
     @field_validator("heartbeat_timeout")
     @classmethod
@@ -205,6 +234,17 @@ class SinkSettings(_Section):
     kind: str = "sqlite"
     path: str = "./state"
     dsn: str = ""
+    #: How long the change log keeps a change (seconds, or "7d", "12h", "30m"); 0 keeps everything.
+    events_retention: float = Field(default=7 * DAY, ge=0, le=10 * 365 * DAY, strict=False)
+    #: The oldest uncommitted change waits at most this long while frames keep coming.
+    flush_interval: float = Field(default=0.05, gt=0, le=10.0)
+    #: Changes per sink transaction at most.
+    batch_max: int = Field(default=5000, ge=1, le=1_000_000)
+
+    @field_validator("events_retention", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value)
 
     @field_validator("kind")
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from shardsync.secrets import MASK
 
@@ -15,6 +15,7 @@ __all__ = [
     "dsn_secrets",
     "is_loopback",
     "mask_dsn",
+    "parse_duration",
     "parse_listen",
     "parse_remainders",
 ]
@@ -42,6 +43,9 @@ def check_url(value: str, secure: str, plain: str) -> str:
         raise ValueError(f"must start with {secure}:// or {plain}://")
     if not parts.hostname:
         raise ValueError("has no host")
+    if "@" in parts.netloc:
+        # Credentials never travel in a URL: they would show in logs and status.
+        raise ValueError("must not contain credentials (user:password@); they come from [credentials]")
     if parts.scheme == plain and not is_loopback(parts.hostname):
         raise ValueError(f"{plain}:// (unencrypted) is only allowed to a loopback host; use {secure}://")
     return value
@@ -127,26 +131,89 @@ def parse_listen(value: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
-_DSN_URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*):.*@", re.DOTALL)
-_DSN_KW_RE = re.compile(r"""(?i)\b((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)""")
+_SECRET_PARAMS = frozenset({"password", "sslpassword"})
+_URL_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _dsn_secret_spans(dsn: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of every password value in a libpq DSN, URL or keyword/value form.
+
+    Parsed the way libpq parses them (a regex missed ``password=a\\ b`` and
+    ``password=a&b``); when in doubt a span errs on the long side, since an
+    over-masked DSN only hides a little more of where the sink points.
+    """
+    spans: list[tuple[int, int]] = []
+    scheme = _URL_SCHEME_RE.match(dsn)
+    if scheme:
+        start = scheme.end()
+        query_at = dsn.find("?", start)
+        head_end = len(dsn) if query_at < 0 else query_at
+        at = dsn.rfind("@", start, head_end)
+        if at >= 0:
+            colon = dsn.find(":", start, at)
+            if colon >= 0:
+                spans.append((colon + 1, at))
+        if query_at >= 0:
+            offset = query_at + 1
+            for item in dsn[query_at + 1 :].split("&"):
+                key, sep, _ = item.partition("=")
+                if sep and key.strip().lower() in _SECRET_PARAMS:
+                    spans.append((offset + len(key) + 1, offset + len(item)))
+                offset += len(item) + 1
+        return spans
+    i, n = 0, len(dsn)
+    while i < n:
+        while i < n and dsn[i].isspace():
+            i += 1
+        key_start = i
+        while i < n and dsn[i] != "=" and not dsn[i].isspace():
+            i += 1
+        key = dsn[key_start:i].lower()
+        while i < n and dsn[i].isspace():
+            i += 1
+        if i >= n or dsn[i] != "=":
+            # Not key=value: libpq refuses such a DSN; mask the rest to be safe.
+            if key:
+                spans.append((key_start, n))
+            break
+        i += 1
+        while i < n and dsn[i].isspace():
+            i += 1
+        value_start = i
+        if i < n and dsn[i] == "'":
+            i += 1
+            while i < n and dsn[i] != "'":
+                i += 2 if dsn[i] == "\\" else 1
+            i = min(i + 1, n)
+        else:
+            while i < n and not dsn[i].isspace():
+                i += 2 if dsn[i] == "\\" else 1
+            i = min(i, n)
+        if key in _SECRET_PARAMS:
+            spans.append((value_start, i))
+    return spans
 
 
 def mask_dsn(dsn: str) -> str:
     """The DSN with every password part replaced by ``***``."""
-    if not dsn:
-        return dsn
-    masked = _DSN_URL_RE.sub(lambda m: f"{m.group(1)}:{MASK}@", dsn, count=1)
-    return _DSN_KW_RE.sub(lambda m: f"{m.group(1)}{MASK}", masked)
+    out, last = [], 0
+    for start, end in _dsn_secret_spans(dsn):
+        out += [dsn[last:start], MASK]
+        last = end
+    return "".join([*out, dsn[last:]])
 
 
 def dsn_secrets(dsn: str) -> list[str]:
+    """Every password in the DSN as written and unquoted/unescaped (both forms go to the log redactor)."""
     found: list[str] = []
-    m = _DSN_URL_RE.match(dsn)
-    if m:
-        found.append(dsn[len(m.group(1)) + 1 : m.end() - 1])
-    for km in _DSN_KW_RE.finditer(dsn):
-        found.append(km.group(2).strip("'"))
-    return [s for s in found if s]
+    for start, end in _dsn_secret_spans(dsn):
+        raw = dsn[start:end]
+        found.append(raw)
+        unquoted = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == "'" else raw
+        found.append(re.sub(r"\\(.)", r"\1", unquoted))
+        if "%" in raw:
+            found.append(unquote(raw))  # a URL's userinfo and query are percent-encoded
+    return [s for s in dict.fromkeys(found) if s]
 
 
 def as_tuple(value: object) -> object:
@@ -156,3 +223,21 @@ def as_tuple(value: object) -> object:
     if isinstance(value, tuple):
         return value
     raise ValueError("expected an array")
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> object:
+    """Seconds from a number or a string like ``"7d"``, ``"12h"``, ``"30m"``, ``"45s"``; other types pass on."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number of seconds or a duration like \"7d\"")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value.lower())
+        if match is None:
+            raise ValueError(f"{value!r} is not a duration; use seconds or e.g. \"7d\", \"12h\", \"30m\"")
+        return float(match.group(1)) * _UNITS[match.group(2)]
+    return value
