@@ -41,6 +41,14 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from shardsync.prctl import forbid_dumps
+    from shardsync.supervisor.notify import NOTIFY_VARIABLES, blank_environ_block
+
+    # Workers fork from this process, and /proc/PID/environ shows the block it was
+    # started with; once dumps are forbidden (first, before any secret is read) a
+    # non-root process can no longer rewrite that block, so it is blanked now.
+    blank_environ_block(NOTIFY_VARIABLES)
+    forbid_dumps()
     from shardsync.credentials import CredentialsError, credential_env_names, load_credentials
     from shardsync.logs import configure_logging, get_logger
     from shardsync.secrets import register_secret
