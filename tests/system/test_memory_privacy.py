@@ -57,7 +57,7 @@ pytestmark = pytest.mark.skipif(not _system_python_matches(),
 def home() -> Iterator[Path]:
     """A directory the unprivileged user owns (pytest's tmp_path is root-only)."""
     path = Path(tempfile.mkdtemp(prefix="shardsync-nobody-"))
-    os.chmod(path, 0o755)
+    os.chmod(path, 0o755)  # noqa: S103 - the unprivileged daemon must enter it
     os.chown(path, NOBODY, NOBODY)
     yield path
     shutil.rmtree(path, ignore_errors=True)
