@@ -31,12 +31,13 @@ async def _serve(server: SimServer) -> int:
         loop.add_signal_handler(signum, stop.set)
     port = await server.start()
     host = server.options.host
+    http, ws = ("https", "wss") if server.tls else ("http", "ws")
     announce = {
         "event": "simulator_listening",
         "port": port,
-        "rest_url": f"http://{host}:{port}/v1",
-        "ws_url": f"ws://{host}:{port}/v1/websocket",
-        "admin_url": f"http://{host}:{port}/admin",
+        "rest_url": f"{http}://{host}:{port}/v1",
+        "ws_url": f"{ws}://{host}:{port}/v1/websocket",
+        "admin_url": f"{http}://{host}:{port}/admin",
     }
     # A parent process reads this line to learn the port when --port 0 was asked for.
     sys.stdout.write(orjson.dumps(announce).decode() + "\n")
