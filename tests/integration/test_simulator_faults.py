@@ -152,6 +152,14 @@ def test_tls_options_are_validated_and_announced(tls_files: dict[str, Path]) -> 
             process.wait()
 
 
+def test_unusable_tls_files_exit_78(tls_files: dict[str, Path]) -> None:
+    """A certificate file that is not a certificate makes `python -m shardsync.simulator` exit 78 with a reason."""
+    done = subprocess.run([sys.executable, "-m", "shardsync.simulator", "--port", "0", "--tls-cert",
+                           str(tls_files["key"]), "--tls-key", str(tls_files["key"])],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 78 and "TLS certificate or key unusable" in done.stderr
+
+
 # -- poison ----------------------------------------------------------------------------------------------------
 
 
