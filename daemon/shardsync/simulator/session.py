@@ -147,7 +147,6 @@ class WsSession:
         elif frame.opcode is Opcode.BINARY:
             self.close(1003, "Binary frames are not supported")
         elif frame.opcode is Opcode.CLOSE and self.proto.close_rcvd is not None:
-            self._unsubscribe()
             self.hub.records.close(self.id, "client", self.proto.close_rcvd.code, self.proto.close_rcvd.reason)
 
     def _on_text(self, data: bytes) -> None:
