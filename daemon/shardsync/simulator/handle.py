@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from shardsync.change import Entity, Key
+from shardsync.simulator.history import Interval
 from shardsync.simulator.options import SimOptions, replace
 from shardsync.simulator.server import SimServer
 from shardsync.simulator.truth import Mutation
@@ -77,18 +78,18 @@ class Simulator:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # -- addresses -------------------------------------------------------------------------
+    # -- addresses (https/wss when served over TLS) ----------------------------------------------
     @property
     def rest_url(self) -> str:
-        return f"http://{self.options.host}:{self.port}/v1"
+        return f"{'https' if self.options.tls_cert else 'http'}://{self.options.host}:{self.port}/v1"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self.options.host}:{self.port}/v1/websocket"
+        return f"{'wss' if self.options.tls_cert else 'ws'}://{self.options.host}:{self.port}/v1/websocket"
 
     @property
     def admin_url(self) -> str:
-        return f"http://{self.options.host}:{self.port}/admin"
+        return f"{'https' if self.options.tls_cert else 'http'}://{self.options.host}:{self.port}/admin"
 
     # -- calls into the loop ---------------------------------------------------------------------
     def call(self, fn: Callable[[SimServer], T]) -> T:
@@ -104,14 +105,26 @@ class Simulator:
 
     def truth(self, divisor: int = 1, remainder: int | None = None, expression: str = "modAccountId",
               entity_types: list[str] | None = None) -> dict[Key, Entity]:
-        """Ground truth of one shard (``remainder`` None = everything), keyed by (entityType, id)."""
+        """Ground truth of one shard (``remainder`` None = everything), keyed by (entityType, id);
+        poison entities are not in it (a correct client quarantines them)."""
         return self.call(lambda s: s.truth_of(divisor, remainder, expression, entity_types))
 
     def stats(self) -> dict[str, Any]:
         """Counters: connections per remainder, logins, renewals, authorize attempts, syncrequests,
         client heartbeat times per connection, closes seen, ``handshakes`` (sockets between the accepted
-        upgrade and a successful authorize, or their close) and its maximum so far, ``peak_handshakes``."""
+        upgrade and a successful authorize, or their close) and its maximum so far, ``peak_handshakes``;
+        ``refused_upgrades``; ``subscriptions`` (one record per synced socket ever, see
+        :mod:`shardsync.simulator.records`); ``socket_penalties`` per endpoint; ``poisoned``."""
         return self.call(lambda s: s.stats())
+
+    def subscriptions(self) -> list[dict[str, Any]]:
+        """One record per synced socket ever: conn, divisor, remainder, expression, synced_at,
+        snapshot_sent_at, closed_at (epoch seconds; closed_at None while live)."""
+        return self.call(lambda s: [dict(r) for r in s.records.subscriptions])
+
+    def history(self) -> dict[Key, list[Interval]]:
+        """Per key that ever existed, the (created_at, deleted_at | None) intervals the server had it."""
+        return self.call(lambda s: s.truth.history.all())
 
     def connections(self) -> dict[int, int]:
         """Open synced sockets per remainder."""
@@ -119,6 +132,14 @@ class Simulator:
 
     def drop(self, remainder: int | None = None, divisor: int | None = None) -> int:
         return self.call(lambda s: s.drop(remainder, divisor))
+
+    def reset(self, remainder: int | None = None, divisor: int | None = None) -> int:
+        """Like :meth:`drop`, with a TCP RST instead of a FIN."""
+        return self.call(lambda s: s.reset(remainder, divisor))
+
+    def refuse(self, seconds: float) -> None:
+        """New WebSocket upgrades get HTTP 503 for ``seconds`` (0 ends it); REST keeps working."""
+        self.call(lambda s: s.refuse(seconds))
 
     def close_frame(self, code: int = 3000, reason: str = "Go away!", remainder: int | None = None,
                     divisor: int | None = None) -> int:
@@ -166,6 +187,21 @@ class Simulator:
 
     def lockout(self, status: int = 429, count: int = 1) -> None:
         self.call(lambda s: s.lockout(status, count))
+
+    def socket_penalty(self, endpoint: str = "authorize", mode: str = "ticket", count: int = 1,
+                       p_time: float = 1.0) -> None:
+        """p-ticket (or p-captcha) answers to the next ``count`` authorize/syncrequest socket requests."""
+        self.call(lambda s: s.socket_penalty(endpoint, mode, count, p_time))
+
+    def poison(self, kind: str, remainder: int | None = None, divisor: int = 1, in_snapshot: bool = True,
+               expression: str = "modAccountId") -> dict[str, Any]:
+        """One ``deep``/``bigid``/``badtype`` order a client must quarantine; returns kind, entityType, id,
+        accountId. Not part of :meth:`truth`."""
+        return self.call(lambda s: s.poison(kind, remainder, divisor, in_snapshot, expression))
+
+    def cure(self) -> int:
+        """Take every poison entity out of later snapshots."""
+        return self.call(lambda s: s.cure())
 
     def replay(self, count: int = 100, remainder: int | None = None, divisor: int | None = None) -> int:
         return self.call(lambda s: s.replay(count, remainder, divisor))

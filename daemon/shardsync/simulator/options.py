@@ -1,11 +1,23 @@
-"""Every switch of the simulator: one frozen dataclass, its argparse flags and validation."""
+"""Every switch of the simulator: one frozen dataclass, its argparse flags and validation.
+
+Fidelity switches for behaviour Tradovate leaves undocumented (tradovate-protocol.md [U]):
+``authorize_body`` (raw token only, or also JSON-quoted), ``entity_types_default``
+(``per_form``: sharded -> none, unsharded -> all), ``empty_collections`` (every one of
+the 31 SyncMessage collections as an array, or only non-empty ones), ``eviction`` (what
+the renewal of a session evicted by the session cap answers), ``client_idle_timeout``,
+``split_delay``/``split_end``. Transport: ``tls_cert``/``tls_key`` serve everything over
+TLS on the one port. Measurement: ``stamp_events`` adds ``"ts"`` to live props.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from shardsync.simulator.manual import ADMIN_API
 
 EXPRESSIONS = ("modAccountId", "modUserId")
 SHUTDOWN_REASONS = ("Maintenance", "ConnectionQuotaReached", "IPQuotaReached")
@@ -37,7 +49,22 @@ class SimOptions:
         "all", "shards that receive reference and user-level data under sharding", ("all", "zero")
     )
     require_split: bool = _opt(False, "close the socket on a syncrequest without splitResponses:true")
-    entity_types_default: str = _opt("empty", "entityTypes when the syncrequest omits it", ("empty", "all"))
+    entity_types_default: str = _opt(
+        "per_form", "entityTypes when the syncrequest omits it (per_form: sharded -> none, unsharded -> all)",
+        ("per_form", "empty", "all"),
+    )
+    authorize_body: str = _opt(
+        "lenient", "authorize body: the raw token only (strict) or also the token JSON-quoted (lenient)",
+        ("strict", "lenient"),
+    )
+    empty_collections: str = _opt(
+        "include", "snapshots carry all 31 SyncMessage collections as arrays (include; split: in the first "
+        "part) or only users/contractGroups and the non-empty ones (omit)", ("include", "omit"),
+    )
+    eviction: str = _opt(
+        "revoke401", "renewal of a session evicted by session_cap: 401, or HTTP 408/502 with an empty body",
+        ("revoke401", "http408", "http502"),
+    )
     second_sync: str = _opt("reject", "a second syncrequest on one socket", ("reject", "ignore", "replace"))
     snapshot_mode: str = _opt("single", "snapshot as one response or several same-id ones", ("single", "split"))
     split_chunks: int = _opt(3, "number of same-id snapshot chunks in split mode")
@@ -54,6 +81,9 @@ class SimOptions:
     error_quoting: str = _opt("plain", "error text in d plain or JSON-quoted again", ("plain", "json"))
     close_on_revoke: bool = _opt(False, "close sockets authorized with a token when it is revoked")
     max_message_size: int = _opt(128 * 1024 * 1024, "largest inbound WebSocket message in bytes")
+    stamp_events: bool = _opt(False, 'add "ts": <epoch seconds> to every live props message as it is written')
+    tls_cert: str = _opt("", "PEM certificate (chain) file: serve REST, WebSocket and admin over TLS")
+    tls_key: str = _opt("", "PEM private key file of tls_cert")
 
     def __post_init__(self) -> None:
         problems = validate(self)
@@ -81,6 +111,12 @@ def validate(options: SimOptions) -> list[str]:
     for name in ("token_lifetime", "authorize_timeout", "server_heartbeat"):
         if getattr(options, name) <= 0:
             problems.append(f"{name} must be > 0")
+    if bool(options.tls_cert) != bool(options.tls_key):
+        problems.append("tls_cert and tls_key go together")
+    for name in ("tls_cert", "tls_key"):
+        path = getattr(options, name)
+        if path and not os.path.isfile(path):
+            problems.append(f"{name}={path!r} is not a readable file")
     if options.users > options.accounts:
         problems.append("users must not exceed accounts (every user owns at least one account)")
     return problems
@@ -96,7 +132,9 @@ def replace(options: SimOptions, **changes: Any) -> SimOptions:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one ``--flag`` per option (``--event-rate``, ``--split-end`` ...)."""
+    """Add one ``--flag`` per option (``--event-rate``, ``--split-end`` ...); the admin API goes in the epilog."""
+    parser.epilog = ADMIN_API
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     for f in fields(SimOptions):
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata['help']} (default: {f.default})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import ssl
 import sys
 
 import orjson
@@ -15,7 +16,8 @@ from shardsync.simulator.server import SimServer
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the simulator from parsed :func:`add_arguments` options; 0 after a clean signal stop, 78 on bad options."""
+    """Run the simulator from parsed :func:`add_arguments` options; 0 after a clean signal stop, 78 on bad
+    options (a TLS certificate or key that does not load included)."""
     try:
         options = from_args(args)
     except ValueError as exc:
@@ -29,14 +31,19 @@ async def _serve(server: SimServer) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    port = await server.start()
+    try:
+        port = await server.start()
+    except ssl.SSLError as exc:
+        print(f"shardsync simulate: TLS certificate or key unusable: {exc}", file=sys.stderr)
+        return EX_CONFIG
     host = server.options.host
+    http, ws = ("https", "wss") if server.tls else ("http", "ws")
     announce = {
         "event": "simulator_listening",
         "port": port,
-        "rest_url": f"http://{host}:{port}/v1",
-        "ws_url": f"ws://{host}:{port}/v1/websocket",
-        "admin_url": f"http://{host}:{port}/admin",
+        "rest_url": f"{http}://{host}:{port}/v1",
+        "ws_url": f"{ws}://{host}:{port}/v1/websocket",
+        "admin_url": f"{http}://{host}:{port}/admin",
     }
     # A parent process reads this line to learn the port when --port 0 was asked for.
     sys.stdout.write(orjson.dumps(announce).decode() + "\n")

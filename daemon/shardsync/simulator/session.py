@@ -1,7 +1,10 @@
 """One client WebSocket of the fake server, driven through the websockets sans-I/O protocol.
 
 Owning the byte stream ourselves is what makes faults exact: a stall simply
-stops reading and writing, a drop aborts the transport without a close frame.
+stops reading and writing, a drop aborts the transport without a close frame, a
+reset does the same after ``SO_LINGER`` 0 so the peer gets a TCP RST. The session
+knows the server only through :class:`~shardsync.simulator.hub.Hub`; the server
+registers it and removes it once :meth:`WsSession.run` returns.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ import asyncio
 import collections
 import contextlib
 import math
+import socket
+import struct
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request as HttpRequest
@@ -19,10 +24,8 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from shardsync.simulator import wire
-from shardsync.simulator.truth import Mutation, Scope
-
-if TYPE_CHECKING:
-    from shardsync.simulator.server import SimServer
+from shardsync.simulator.hub import Hub
+from shardsync.simulator.truth import PLURALS, Mutation, Scope
 
 _TICK = 0.02
 _CLOSE_GRACE = 2.0  # seconds a client gets to answer our close frame before the TCP abort
@@ -31,13 +34,13 @@ _CLOSE_GRACE = 2.0  # seconds a client gets to answer our close frame before the
 class WsSession:
     """Protocol state of one socket: authorization, its syncrequest scope, outbound batching, faults."""
 
-    def __init__(self, server: SimServer, conn_id: int, reader: asyncio.StreamReader,
+    def __init__(self, hub: Hub, conn_id: int, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter) -> None:
-        self.server = server
+        self.hub = hub
         self.id = conn_id
         self.reader = reader
         self.writer = writer
-        self.proto = ServerProtocol(max_size=server.options.max_message_size)
+        self.proto = ServerProtocol(max_size=hub.options.max_message_size)
         self.token: str | None = None
         self.scope: Scope | None = None
         self.capture: list[dict[str, Any]] | None = None
@@ -57,6 +60,8 @@ class WsSession:
         self.closed = False
         #: Between the accepted upgrade and a successful authorize (counted in the server's peak_handshakes).
         self.handshaking = False
+        #: This socket's entry in ``Records.subscriptions`` once it synced.
+        self.subscription: dict[str, Any] | None = None
 
     @property
     def remainder(self) -> int | None:
@@ -75,9 +80,8 @@ class WsSession:
         if answer.status_code != 101:
             self._finish()
             return
-        self.server.sessions[self.id] = self
         self.handshaking = True
-        self.server.handshake_started()
+        self.hub.records.handshake_started()
         self.send_raw(b"o")
         ticker = asyncio.create_task(self._tick())
         try:
@@ -86,7 +90,6 @@ class WsSession:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
-            self.server.sessions.pop(self.id, None)
             if not self.closed:
                 self.abort()
             self._handshake_over()
@@ -115,7 +118,7 @@ class WsSession:
             self._write()
 
     async def _tick(self) -> None:
-        options = self.server.options
+        options = self.hub.options
         while not self.closed:
             await asyncio.sleep(_TICK)
             now = time.monotonic()
@@ -144,7 +147,7 @@ class WsSession:
         elif frame.opcode is Opcode.BINARY:
             self.close(1003, "Binary frames are not supported")
         elif frame.opcode is Opcode.CLOSE and self.proto.close_rcvd is not None:
-            self.server.note_close(self.id, "client", self.proto.close_rcvd.code, self.proto.close_rcvd.reason)
+            self.hub.records.close(self.id, "client", self.proto.close_rcvd.code, self.proto.close_rcvd.reason)
 
     def _on_text(self, data: bytes) -> None:
         try:
@@ -153,7 +156,7 @@ class WsSession:
             self.close(1007, "Invalid UTF-8")
             return
         if text.strip() == "[]":
-            self.server.note_heartbeat(self.id)
+            self.hub.records.heartbeat(self.id)
             return
         try:
             request = wire.parse_request(text)
@@ -173,8 +176,15 @@ class WsSession:
             self.respond(request.id, 404, self._error(f"Not found: {request.endpoint}"))
 
     def _authorize(self, request: wire.Request) -> None:
-        self.server.stats_authorize_attempts += 1
-        token = self.server.auth.check(request.body.strip(), time.time())
+        hub = self.hub
+        hub.records.authorize_attempts += 1
+        value, ticket = wire.parse_authorize(request, hub.options.authorize_body)
+        now = time.time()
+        penalty = hub.socket_penalties.check("authorize", ticket, now)
+        if penalty is not None:
+            self.respond(request.id, 200, penalty)
+            return
+        token = hub.auth.check(value, now)
         if token is None:
             self.respond(request.id, 401, self._error("Invalid access token"))
             return
@@ -185,15 +195,19 @@ class WsSession:
     def _handshake_over(self) -> None:
         if self.handshaking:
             self.handshaking = False
-            self.server.handshake_ended()
+            self.hub.records.handshake_ended()
 
     def _sync(self, request: wire.Request) -> None:
-        server = self.server
-        options = server.options
-        server.note_sync(self.id, request)
-        if server.ws429_left > 0:
-            server.ws429_left -= 1
+        hub = self.hub
+        options = hub.options
+        hub.records.sync(self.id, request.id, request.body)
+        if hub.ws429_left > 0:
+            hub.ws429_left -= 1
             self.respond(request.id, 429)
+            return
+        penalty = hub.socket_penalties.check("syncrequest", wire.sync_ticket(request.body), time.time())
+        if penalty is not None:
+            self.respond(request.id, 200, penalty)
             return
         if self.scope is not None and options.second_sync != "replace":
             if options.second_sync == "reject":
@@ -212,56 +226,59 @@ class WsSession:
 
     def start_sync(self, request_id: int, scope: Scope) -> None:
         """Queue the snapshot and subscribe in one step, so snapshot + later props == truth."""
-        options = self.server.options
+        hub = self.hub
+        options = hub.options
         self.flush_pending()
-        snapshot = self.server.truth.snapshot(scope)
+        every = options.empty_collections == "include"
+        snapshot = hub.truth.snapshot(scope, every_collection=every)
+        for plural, entity in hub.poisoned_for(scope):
+            snapshot.setdefault(plural, []).append(entity)
+        if self.subscription is not None:  # second_sync=replace: the old subscription ends here
+            hub.records.unsubscribed(self.subscription)
         self.scope = scope
-        if options.snapshot_mode == "split":
-            chunks = wire.chunk_snapshot(snapshot, options.split_chunks)
+        self.subscription = hub.records.subscribed(self.id, scope.shard)
+        split = options.snapshot_mode == "split"
+        if split:
+            chunks = wire.chunk_snapshot(snapshot, options.split_chunks, PLURALS.values() if every else ())
         else:
             chunks = [snapshot]
-        messages: list[dict[str, Any]] = []
-        for chunk in chunks:
-            messages.append(wire.response(request_id, 200, chunk))
-            messages += self._captured(scope, options.interleave_props)
-        if options.snapshot_mode == "split" and options.split_end == "empty":
-            messages.append(wire.response(request_id, 200, {}))
-        elif options.snapshot_mode == "split" and options.split_end == "flag":
-            messages.append(wire.response(request_id, 200, {"done": True}))
+        messages = wire.snapshot_messages(request_id, chunks, options.split_end if split else "none",
+                                          lambda: self._captured(scope, options.interleave_props))
+        last_part = len(messages) - 1
         # Live props hard on the heels of the completing part: a client must not
         # apply them before it has reconciled the snapshot.
         messages += self._captured(scope, options.trailing_props)
-        if options.snapshot_mode == "split" and options.split_delay > 0:
+        if split and options.split_delay > 0:
             # A slow server: later chunks (and the props between them) come after
             # live props already published, which is what makes a late chunk stale.
             loop = asyncio.get_running_loop()
             for index, message in enumerate(messages):
-                loop.call_later(index * options.split_delay, self.send_raw, wire.frame([message]))
+                loop.call_later(index * options.split_delay, self.send_messages, [message], index == last_part)
         elif options.snapshot_frames == "one":
-            self.send_raw(wire.frame(messages))
+            self.send_messages(messages, True)
         else:
-            for message in messages:
-                self.send_raw(wire.frame([message]))
+            for index, message in enumerate(messages):
+                self.send_messages([message], index == last_part)
 
     def _captured(self, scope: Scope, count: int) -> list[dict[str, Any]]:
         """Generate ``count`` changes of ``scope`` now; this session's props come back instead of being sent."""
         if not count:
             return []
         self.capture = []
-        self.server.generate_for(scope, count)
+        self.hub.generate_for(scope, count)
         captured, self.capture = self.capture, None
         return captured
 
     # -- outbound ------------------------------------------------------------------
     def _error(self, text: str) -> str:
-        return wire.error_text(text, self.server.options.error_quoting)
+        return wire.error_text(text, self.hub.options.error_quoting)
 
     def respond(self, request_id: int, status: int, data: Any = None) -> None:
         self.flush_pending()
         self.send_raw(wire.frame([wire.response(request_id, status, data)]))
 
     def deliver(self, change: Mutation) -> None:
-        options = self.server.options
+        options = self.hub.options
         entity: Any = change.entity
         if change.event_type == "Deleted" and options.deleted_entity == "id":
             entity = {"id": change.entity["id"]}
@@ -284,10 +301,21 @@ class WsSession:
 
     def flush_pending(self) -> None:
         self._flush_scheduled = False
-        batch = self.server.options.batch
+        batch = self.hub.options.batch
         pending, self.pending = self.pending, []
         for start in range(0, len(pending), batch):
-            self.send_raw(wire.frame(pending[start:start + batch]))
+            self.send_messages(pending[start:start + batch])
+
+    def send_messages(self, messages: list[dict[str, Any]], completes_snapshot: bool = False) -> None:
+        """Frame ``messages`` as one ``a[...]`` and send it; props get their ``ts`` now (``stamp_events``)."""
+        if self.hub.options.stamp_events:
+            now = time.time()
+            for message in messages:
+                if message.get("e") == "props":
+                    message["ts"] = now
+        self.send_raw(wire.frame(messages))
+        if completes_snapshot and self.subscription is not None and not self.closed:
+            self.hub.records.snapshot_sent(self.subscription)
 
     def send_raw(self, data: bytes) -> None:
         """Send one text frame as is (even invalid UTF-8: the fault knobs need that)."""
@@ -326,23 +354,39 @@ class WsSession:
         if self.closed or self.proto.state is not State.OPEN:
             return
         self.flush_pending()
-        self.server.note_close(self.id, "server", code, reason)
+        self._unsubscribe()
+        self.hub.records.close(self.id, "server", code, reason)
         self.proto.send_close(code, reason)
         self._write()
         asyncio.get_running_loop().call_later(_CLOSE_GRACE, self.abort)
 
     def abort(self) -> None:
+        """End the connection without a close frame (the peer sees a FIN, or an RST after :meth:`reset`)."""
         if self.closed:
             return
-        self.closed = True
-        self._handshake_over()
-        self._unstalled.set()
+        self._ended()
         self.writer.transport.abort()
+
+    def reset(self) -> None:
+        """Abort with ``SO_LINGER`` 0, so the kernel answers with a TCP RST instead of a FIN."""
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.abort()
 
     def _finish(self) -> None:
         if self.closed:
             return
+        self._ended()
+        self.writer.close()
+
+    def _ended(self) -> None:
         self.closed = True
+        self._unsubscribe()
         self._handshake_over()
         self._unstalled.set()
-        self.writer.close()
+
+    def _unsubscribe(self) -> None:
+        if self.subscription is not None:
+            self.hub.records.unsubscribed(self.subscription)

@@ -1,4 +1,9 @@
-"""REST authentication state: sessions, tokens, penalties and lock-outs. Pure: the clock is passed in."""
+"""REST authentication state: sessions, tokens, penalties and lock-outs. Pure: the clock is passed in.
+
+A login beyond ``session_cap`` evicts the oldest session: its tokens are revoked
+(authorize answers 401) and their renewal answers ``eviction_status``: 401 by
+default, or 408/502 with an empty body (what a field report saw on renewal).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ class Token:
     session_id: int
     expires_at: float
     revoked: bool = False
+    evicted: bool = False
 
     def valid(self, now: float) -> bool:
         return not self.revoked and now < self.expires_at
@@ -54,6 +60,7 @@ class AuthState:
     penalty_seconds: float = 1.0
     open_penalty: Penalty | None = None
     lockouts: list[int] = field(default_factory=list)  # HTTP statuses for the next requests
+    eviction_status: int = 401
     _next_session: int = 1
 
     def login(self, body: Any, now: float) -> tuple[Reply, list[str]]:
@@ -87,6 +94,7 @@ class AuthState:
             _, old_tokens = self.sessions.popitem(last=False)
             for value in old_tokens:
                 self.tokens[value].revoked = True
+                self.tokens[value].evicted = True
             evicted += old_tokens
         return Reply(200, self._issue(session_id, now)), evicted
 
@@ -94,6 +102,8 @@ class AuthState:
         self.renewals += 1
         value = (authorization or "").removeprefix("Bearer ").strip()
         token = self.tokens.get(value)
+        if token is not None and token.evicted:
+            return Reply(self.eviction_status, None)
         if token is None or not token.valid(now):
             return Reply(401, None)
         return Reply(200, self._issue(token.session_id, now))

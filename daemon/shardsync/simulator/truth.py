@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shardsync.change import Entity, Key
+from shardsync.simulator.history import History
 
 ENTITY_TYPES: tuple[str, ...] = (
     "user", "userProperty", "property", "account", "accountRiskStatus", "marginSnapshot",
@@ -94,10 +95,14 @@ class Mutation:
 
 
 class Truth:
-    """The entity store. Entities are replaced, never mutated in place, so senders may hold them."""
+    """The entity store. Entities are replaced, never mutated in place, so senders may hold them.
 
-    def __init__(self, reference_routing: str = "all") -> None:
+    Every creation and deletion is also recorded in ``history`` (when the server had what).
+    """
+
+    def __init__(self, reference_routing: str = "all", history: History | None = None) -> None:
         self.reference_routing = reference_routing
+        self.history = history if history is not None else History()
         self.entities: dict[str, dict[int, Entity]] = {t: {} for t in ENTITY_TYPES}
         self._owners: dict[Key, tuple[int | None, int | None]] = {}
         self._next_ids: dict[str, int] = {}
@@ -131,6 +136,8 @@ class Truth:
         entity_id = int(entity["id"])
         event = "Updated" if entity_id in self.entities[entity_type] else "Created"
         self.entities[entity_type][entity_id] = entity
+        if event == "Created":
+            self.history.created((entity_type, entity_id))
         owner = self._resolve_owner(entity_type, entity)
         self._owners[(entity_type, entity_id)] = owner
         return Mutation(entity_type, event, entity, owner[0], owner[1])
@@ -139,6 +146,7 @@ class Truth:
         entity = self.entities[entity_type].pop(entity_id, None)
         if entity is None:
             return None
+        self.history.deleted((entity_type, entity_id))
         account_id, user_id = self._owners.pop((entity_type, entity_id), (None, None))
         return Mutation(entity_type, "Deleted", entity, account_id, user_id)
 
@@ -205,9 +213,11 @@ class Truth:
                     out[(entity_type, entity_id)] = entity
         return out
 
-    def snapshot(self, scope: Scope) -> dict[str, list[Entity]]:
-        """The SyncMessage for ``scope``: plural collection -> entities, users/contractGroups always present."""
-        collections: dict[str, list[Entity]] = {name: [] for name in ALWAYS_PRESENT}
+    def snapshot(self, scope: Scope, every_collection: bool = False) -> dict[str, list[Entity]]:
+        """The SyncMessage for ``scope``: plural collection -> entities, users/contractGroups always present
+        (``every_collection``: all 31 collections, in the order of OAS26 SyncMessage, empty ones too)."""
+        names = PLURALS.values() if every_collection else ALWAYS_PRESENT
+        collections: dict[str, list[Entity]] = {name: [] for name in names}
         for (entity_type, _), entity in self.select(scope).items():
             collections.setdefault(PLURALS[entity_type], []).append(entity)
         return collections

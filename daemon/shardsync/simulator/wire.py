@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 
@@ -51,6 +53,45 @@ def error_text(text: str, quoting: str) -> str:
     return orjson.dumps(text).decode() if quoting == "json" else text
 
 
+def parse_authorize(request: Request, body_mode: str) -> tuple[str, str | None]:
+    """The token and p-ticket of an ``authorize`` request.
+
+    The raw token is always accepted; ``body_mode="lenient"`` also takes it JSON-quoted
+    (``"<token>"``, as Tradovate's sample clients send it). How a penalty ticket rides on
+    authorize is undocumented, so both plausible forms are read in either mode: a query
+    ``p-ticket=<ticket>``, and a JSON body ``{"token": ..., "p-ticket": ...}``. A JSON object
+    without ``p-ticket`` is not a token form (it is the documented mistake) and fails as one.
+    """
+    body = request.body.strip()
+    ticket = parse_qs(request.query).get("p-ticket", [None])[-1]
+    if body.startswith("{"):
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("p-ticket"), str):
+            token = data.get("token")
+            return (token if isinstance(token, str) else ""), data["p-ticket"]
+    if body_mode == "lenient" and len(body) >= 2 and body.startswith('"') and body.endswith('"'):
+        try:
+            quoted = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            quoted = None
+        if isinstance(quoted, str):
+            return quoted, ticket
+    return body, ticket
+
+
+def sync_ticket(body: str) -> str | None:
+    """The ``p-ticket`` of a syncrequest resend (a key added to its JSON body), if any."""
+    try:
+        data = orjson.loads(body) if body.strip() else None
+    except orjson.JSONDecodeError:
+        return None
+    ticket = data.get("p-ticket") if isinstance(data, dict) else None
+    return ticket if isinstance(ticket, str) else None
+
+
 @dataclass(frozen=True)
 class SyncRequest:
     scope: Scope
@@ -58,7 +99,12 @@ class SyncRequest:
 
 
 def parse_sync(body: str, entity_types_default: str) -> SyncRequest:
-    """Validate a user/syncrequest body per tradovate-protocol.md §4.2; ValueError names the rule."""
+    """Validate a user/syncrequest body per tradovate-protocol.md §4.2; ValueError names the rule.
+
+    Without ``entityTypes``: ``all`` -> every type, ``empty`` -> none, ``per_form`` -> none for a
+    sharded request (the documented default) and every type for any unsharded form (users,
+    accounts or neither), which is what Tradovate's sample clients expect.
+    """
     try:
         data = orjson.loads(body) if body.strip() else {}
     except orjson.JSONDecodeError:
@@ -85,7 +131,7 @@ def parse_sync(body: str, entity_types_default: str) -> SyncRequest:
         if unknown:
             raise ValueError(f"unknown entityTypes: {', '.join(unknown)}")
         entity_types = frozenset(raw)
-    elif entity_types_default == "all":
+    elif entity_types_default == "all" or (entity_types_default == "per_form" and shard is None):
         entity_types = None
     else:
         entity_types = frozenset()
@@ -120,8 +166,9 @@ def _shard(sharding: Any) -> Shard:
     return Shard(expression, divisor, remainder)
 
 
-def chunk_snapshot(snapshot: dict[str, list[Entity]], chunks: int) -> list[dict[str, list[Entity]]]:
-    """Split a SyncMessage into exactly ``chunks`` parts; the first carries users/contractGroups.
+def chunk_snapshot(snapshot: dict[str, list[Entity]], chunks: int,
+                   first: Iterable[str] = ALWAYS_PRESENT) -> list[dict[str, list[Entity]]]:
+    """Split a SyncMessage into exactly ``chunks`` parts; the first carries every collection of ``first``.
 
     Entities are dealt out in order, so a collection may span two chunks; when
     there are fewer entities than chunks the trailing chunks are ``{}``.
@@ -133,6 +180,21 @@ def chunk_snapshot(snapshot: dict[str, list[Entity]], chunks: int) -> list[dict[
         for name, entity in items[n * len(items) // chunks:(n + 1) * len(items) // chunks]:
             part.setdefault(name, []).append(entity)
         parts.append(part)
-    for name in ALWAYS_PRESENT:
+    for name in first:
         parts[0].setdefault(name, [])
     return parts
+
+
+def snapshot_messages(request_id: int, chunks: list[dict[str, list[Entity]]], split_end: str,
+                      between: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The snapshot responses for ``chunks``, ``between()``'s props after each, then the end marker
+    ``split_end`` asks for (``none``, ``empty`` -> ``d:{}``, ``flag`` -> ``d:{"done":true}``)."""
+    messages: list[dict[str, Any]] = []
+    for chunk in chunks:
+        messages.append(response(request_id, 200, chunk))
+        messages += between()
+    if split_end == "empty":
+        messages.append(response(request_id, 200, {}))
+    elif split_end == "flag":
+        messages.append(response(request_id, 200, {"done": True}))
+    return messages
