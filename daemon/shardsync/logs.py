@@ -11,6 +11,10 @@ from the parent and many forked workers sharing one pipe never interleave.
 Long strings and lists are cut (``"truncated": true`` is added); the
 exception type and the start of its message survive.
 
+When stderr is the journal (``$JOURNAL_STREAM`` names it), each line starts
+with the syslog priority of its level (``<3>`` for error, see
+:mod:`shardsync.journal`), which journald strips and files as ``PRIORITY``.
+
 Third-party stdlib loggers (websocket-client, websockets, psycopg) are routed
 through :class:`structlog.stdlib.ProcessorFormatter` into the same shape.
 
@@ -42,6 +46,8 @@ from structlog.processors import ExceptionRenderer, JSONRenderer, StackInfoRende
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from shardsync import journal
+
 __all__ = [
     "MASK",
     "MAX_RECORD_BYTES",
@@ -53,6 +59,7 @@ __all__ = [
     "redact",
     "redact_text",
     "register_secret",
+    "renders_json",
 ]
 
 MASK: Final = "***"
@@ -161,7 +168,7 @@ def add_pid(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventD
 # JSON serialization under PIPE_BUF
 
 _JSON_OPTS: Final = orjson.OPT_NON_STR_KEYS
-_LIMIT: Final = MAX_RECORD_BYTES - 1  # room for the newline
+_LIMIT: Final = MAX_RECORD_BYTES - 1 - len(journal.prefix(journal.DEBUG))  # room for "<N>" and the newline
 # (longest string, most list items) tried in turn until the record fits
 _CLIP_STEPS: Final = ((1024, 32), (512, 16), (256, 8), (128, 6), (64, 4), (32, 4))
 _LEADING_KEYS: Final = ("timestamp", "level", "event")
@@ -248,7 +255,7 @@ def serialize(event_dict: Mapping[str, Any], **_: Any) -> bytes:
 
 
 class _Writer:
-    """Writes one record with one ``os.write`` (or one ``stream.write``)."""
+    """Writes one record with one ``os.write`` (or one ``stream.write``), ``<N>``-prefixed on the journal."""
 
     def __init__(self, stream: IO[Any]) -> None:
         self.stream = stream
@@ -261,8 +268,11 @@ class _Writer:
         if self.fd is not None:
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()  # nothing of the stream's own buffer may follow our lines
+        self.journal = self.fd is not None and journal.is_journal_fd(self.fd, os.environ.get("JOURNAL_STREAM"))
 
-    def write(self, line: bytes) -> None:
+    def write(self, line: bytes, priority: int = journal.INFO) -> None:
+        if self.journal:
+            line = journal.mark(line, priority)
         try:
             if self.fd is not None:
                 view = memoryview(line)
@@ -279,18 +289,37 @@ class _Writer:
             pass  # nowhere left to report it; a logger must not crash the daemon
 
 
+def _at(priority: int) -> Any:
+    def write(self: LineLogger, message: str | bytes) -> None:
+        self._write(message, priority)
+
+    return write
+
+
 class LineLogger:
-    """The wrapped logger: every method writes its message plus ``\\n`` at once."""
+    """The wrapped logger: every method writes its message plus ``\\n`` at once.
+
+    structlog calls the method named after the record's level, which is how
+    the line gets its journald priority.
+    """
 
     def __init__(self, writer: _Writer) -> None:
         self._writer = writer
 
+    def _write(self, message: str | bytes, priority: int) -> None:
+        data = message if isinstance(message, bytes) else message.encode("utf-8", "replace")
+        self._writer.write(data + b"\n", priority)
+
     def msg(self, message: str | bytes) -> None:
         """Write *message* as one line."""
-        data = message if isinstance(message, bytes) else message.encode("utf-8", "replace")
-        self._writer.write(data + b"\n")
+        self._write(message, journal.INFO)
 
-    log = debug = info = warn = warning = err = error = critical = exception = fatal = failure = msg
+    log = msg
+    debug = _at(journal.DEBUG)
+    info = _at(journal.INFO)
+    warn = warning = _at(journal.WARNING)
+    err = error = exception = failure = _at(journal.ERR)
+    critical = fatal = _at(journal.CRIT)
 
 
 class _LineHandler(logging.Handler):
@@ -306,7 +335,7 @@ class _LineHandler(logging.Handler):
         except Exception:  # never raise out of logging
             self.handleError(record)
             return
-        self._writer.write(text.encode("utf-8", "replace") + b"\n")
+        self._writer.write(text.encode("utf-8", "replace") + b"\n", journal.priority_of_levelno(record.levelno))
 
 
 class _ScrubbedConsole:
@@ -361,7 +390,7 @@ def configure_logging(
         register_secret(secret)
     _state.update(fmt=fmt, level=level, stream=stream, lib_level=lib_level)
 
-    console = fmt == "console" or (fmt == "auto" and _isatty(out))
+    console = not renders_json(fmt, out)
     writer = _Writer(out)
     line_logger = LineLogger(writer)
     stamp = TimeStamper(fmt="iso", utc=True)
@@ -420,6 +449,12 @@ def configure_logging(
     root.setLevel(min_lib_level)
     _handler = handler
     logging.captureWarnings(True)
+
+
+def renders_json(fmt: str, stream: IO[Any] | None = None) -> bool:
+    """Whether :func:`configure_logging` with *fmt* writes JSON to *stream* (default ``sys.stderr``)."""
+    out = sys.stderr if stream is None else stream
+    return fmt.lower() == "json" or (fmt.lower() == "auto" and not _isatty(out))
 
 
 def _identity(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
