@@ -257,7 +257,9 @@ def start_waits_for_ready(ctx: Context) -> str:
         props = show(UNIT, "ActiveState", "MainPID")
         if props["ActiveState"] == "activating" and int(props["MainPID"]) > 0:
             activating.append(time.monotonic() - began)
-        expect(time.monotonic() - began < 120, "systemctl start did not return within 120 s")
+        if time.monotonic() - began > 120:
+            starter.kill()
+            raise CheckFailed("systemctl start did not return within 120 s")
         time.sleep(0.05)
     output = starter.communicate()[0]
     expect(starter.returncode == 0, f"systemctl start exited {starter.returncode}: {output.strip()}")
@@ -342,6 +344,10 @@ def journal_fields_and_priorities(ctx: Context) -> str:
     wrong = [(e["PRIORITY"], r["level"], r["event"]) for e in lines if (r := record(e)) is not None
              and str(PRIORITY.get(r.get("level", ""), "?")) != e.get("PRIORITY")]
     expect(not wrong, f"lines whose PRIORITY does not match their level: {wrong[:5]}")
+    # each line is filed under the process that wrote it, parent or worker
+    misfiled = [(e.get("_PID"), r.get("pid")) for e in lines if (r := record(e)) is not None
+                and str(r.get("pid")) != e.get("_PID")]
+    expect(not misfiled, f"lines whose _PID is not the writer's pid: {misfiled[:5]}")
     fields = {"_SYSTEMD_UNIT": UNIT, "SYSLOG_IDENTIFIER": "shardsync", "_TRANSPORT": "stdout"}
     for key, value in fields.items():
         expect(entry.get(key) == value, f"{key}={entry.get(key)!r}, expected {value!r}")
@@ -350,7 +356,9 @@ def journal_fields_and_priorities(ctx: Context) -> str:
     expect(entry["__CURSOR"] in {e["__CURSOR"] for e in shown}, "journalctl -p warning does not show shard_exited")
     levels = {r["level"] for e in shown if (r := record(e)) is not None}
     expect(levels <= {"warning", "error", "critical"}, f"journalctl -p warning shows levels {levels}")
-    return f"{len(lines)} daemon lines, all JSON with matching PRIORITY; -p warning shows {sorted(levels)}"
+    writers = len({e.get("_PID") for e in lines})
+    return (f"{len(lines)} daemon lines from {writers} processes, all JSON with matching PRIORITY and _PID; "
+            f"-p warning shows {sorted(levels)}")
 
 
 @check
