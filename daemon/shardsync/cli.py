@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 import orjson
@@ -14,29 +14,98 @@ from shardsync import __version__
 from shardsync.exitcodes import EX_CONFIG, EX_ERROR, EX_NOPERM, EX_OK
 
 if TYPE_CHECKING:
-    from shardsync.config import Settings
+    from shardsync.config import ConfigError, Settings
     from shardsync.credentials import Credentials
 
 
 
-def _load(path: str) -> Settings | None:
-    """The validated settings, or None after printing every problem (the caller exits 78)."""
+def _load(path: str, report: Callable[[ConfigError], None] | None = None) -> Settings | None:
+    """The validated settings, or None after reporting every problem (the caller exits 78)."""
     from shardsync.config import ConfigError, load_config
 
     try:
         return load_config(path)
     except ConfigError as exc:
-        print(f"shardsync: invalid configuration\n{exc}", file=sys.stderr)
+        (report or _print_config_error)(exc)
         return None
+
+
+def _print_config_error(exc: ConfigError) -> None:
+    from shardsync import journal
+
+    text = f"shardsync: invalid configuration\n{exc}\n"
+    if journal.is_journal_stream(sys.stderr):
+        # so the reason of a failed `systemctl reload` is filed at priority err
+        text = journal.mark(text.encode(), journal.ERR).decode()
+    sys.stderr.write(text)
+
+
+def _log_config_error(exc: ConfigError) -> None:
+    """`run`'s report of a refused file: one error record per problem when the file's format is JSON."""
+    from shardsync.logs import configure_logging, get_logger, renders_json
+
+    fmt = _early_log_format(exc.path)
+    if not renders_json(fmt):
+        _print_config_error(exc)
+        return
+    configure_logging(fmt=fmt, level="info")
+    log = get_logger("shardsync")
+    for line in exc.lines:
+        log.error("config_invalid", error=line)
+
+
+def _early_log_format(path: str) -> str:
+    """``[log] format`` of a file that failed validation, read leniently; ``auto`` when it cannot be told."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, ValueError):  # unreadable, not UTF-8 or not TOML
+        return "auto"
+    section = data.get("log")
+    fmt = section.get("format") if isinstance(section, dict) else None
+    if isinstance(fmt, str) and fmt.lower() in ("json", "console", "auto"):
+        return fmt.lower()
+    return "auto"
 
 
 def _check_config(args: argparse.Namespace) -> int:
     from shardsync.config import render_settings
 
-    settings = _load(args.config)
+    if len(args.config) > 1:
+        return _check_hosts(args.config, quiet=args.quiet)
+    settings = _load(args.config[0])
     if settings is None:
         return EX_CONFIG
-    print(render_settings(settings))
+    if not args.quiet:
+        print(render_settings(settings))
+    return EX_OK
+
+
+def _check_hosts(paths: list[str], *, quiet: bool) -> int:
+    """check-config over several hosts' files: each valid, together one partition of 0..divisor-1."""
+    from shardsync.partition import HostShards, check_partition, compress
+
+    loaded = [(path, _load(path)) for path in paths]
+    hosts = [
+        HostShards(path, s.sync.divisor, s.sync.expression, s.sync.entity_types, s.sync.remainders)
+        for path, s in loaded
+        if s is not None
+    ]
+    if len(hosts) < len(loaded):
+        return EX_CONFIG
+    problems = check_partition(hosts)
+    for problem in problems:
+        print(f"shardsync: {problem}", file=sys.stderr)
+    if problems:
+        return EX_CONFIG
+    if not quiet:
+        for host in hosts:
+            print(f"{host.source}: remainders {compress(host.remainders)}")
+        first = hosts[0]
+        print(f"ok: {len(hosts)} files partition 0-{first.divisor - 1} "
+              f"(divisor {first.divisor}, {first.expression}, {len(first.entity_types)} entity types)")
     return EX_OK
 
 
@@ -53,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
     from shardsync.logs import configure_logging, get_logger
     from shardsync.secrets import register_secret
 
-    settings = _load(args.config)
+    settings = _load(args.config, report=_log_config_error)
     if settings is None:
         return EX_CONFIG
     configure_logging(fmt=settings.log.format, level=settings.log.level, secrets=settings.secrets())
@@ -64,7 +133,6 @@ def _run(args: argparse.Namespace) -> int:
         try:
             credentials = load_credentials(settings.credentials)
         except CredentialsError as exc:
-            print(f"shardsync: {exc}", file=sys.stderr)
             log.error("credentials_unusable", error=str(exc))
             return EX_NOPERM
         if any(name in os.environ for name in credential_env_names()):
@@ -151,8 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--credentials-fd", type=int, default=None, help=argparse.SUPPRESS)
     run.set_defaults(handler=_run)
 
-    check = commands.add_parser("check-config", help="validate a config file and print the effective settings")
-    check.add_argument("-c", "--config", required=True, metavar="FILE")
+    check = commands.add_parser(
+        "check-config", help="validate a config file and print the effective settings",
+        description="Validate config files (exit 78 naming file and key on any problem). One file: print its "
+                    "effective settings, secrets masked. Several files (-c A -c B ...), one per host: also check "
+                    "that they share divisor, expression and entity types and that their remainders cover "
+                    "0..divisor-1 exactly once, naming every gap and overlap.")
+    check.add_argument("-c", "--config", required=True, metavar="FILE", action="append",
+                       help="a config file; repeat for the files of several hosts")
+    check.add_argument("-q", "--quiet", action="store_true", help="print nothing when valid (systemd ExecReload)")
     check.set_defaults(handler=_check_config)
 
     status = commands.add_parser("status", help="table of shards: state, pid, uptime, restarts, events/s")

@@ -15,13 +15,15 @@ from typing import Any, Final
 
 import orjson
 
+from shardsync import journal
+
 __all__ = ["MAX_RECORD_BYTES", "serialize"]
 
 #: a whole record, newline included, is shorter than this (PIPE_BUF on Linux)
 MAX_RECORD_BYTES: Final = 4096
 
 _JSON_OPTS: Final = orjson.OPT_NON_STR_KEYS
-_LIMIT: Final = MAX_RECORD_BYTES - 1  # room for the newline
+_LIMIT: Final = MAX_RECORD_BYTES - 1 - len(journal.prefix(journal.DEBUG))  # room for "<N>" and the newline
 # (longest string, most list items) tried in turn until the record fits
 _CLIP_STEPS: Final = ((1024, 32), (512, 16), (256, 8), (128, 6), (64, 4), (32, 4))
 _LEADING_KEYS: Final = ("timestamp", "level", "event")

@@ -9,6 +9,10 @@ Every record reaches the stream with **one** ``write`` (newline included) and
 a JSON record is kept below ``PIPE_BUF`` (:mod:`shardsync.logrecord`), so lines
 from the parent and many forked workers sharing one pipe never interleave.
 
+When stderr is the journal (``$JOURNAL_STREAM`` names it), each line starts
+with the syslog priority of its level (``<3>`` for error, see
+:mod:`shardsync.journal`), which journald strips and files as ``PRIORITY``.
+
 Third-party stdlib loggers (websocket-client, websockets, psycopg) are routed
 through :class:`structlog.stdlib.ProcessorFormatter` into the same shape.
 
@@ -36,6 +40,7 @@ from structlog.processors import ExceptionRenderer, JSONRenderer, StackInfoRende
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from shardsync import journal
 from shardsync.logrecord import serialize
 from shardsync.secrets import MASK, is_secret_key, redact_text, register_secret
 
@@ -45,6 +50,7 @@ __all__ = [
     "get_logger",
     "reconfigure_after_fork",
     "redact",
+    "renders_json",
 ]
 
 _LEVELS: Final = {
@@ -107,7 +113,7 @@ def add_pid(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventD
 
 
 class _Writer:
-    """Writes one record with one ``os.write`` (or one ``stream.write``)."""
+    """Writes one record with one ``os.write`` (or one ``stream.write``), ``<N>``-prefixed on the journal."""
 
     def __init__(self, stream: IO[Any]) -> None:
         self.stream = stream
@@ -120,8 +126,11 @@ class _Writer:
         if self.fd is not None:
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()  # nothing of the stream's own buffer may follow our lines
+        self.journal = self.fd is not None and journal.is_journal_fd(self.fd, os.environ.get("JOURNAL_STREAM"))
 
-    def write(self, line: bytes) -> None:
+    def write(self, line: bytes, priority: int = journal.INFO) -> None:
+        if self.journal:
+            line = journal.mark(line, priority)
         try:
             if self.fd is not None:
                 view = memoryview(line)
@@ -138,18 +147,37 @@ class _Writer:
             pass  # nowhere left to report it; a logger must not crash the daemon
 
 
+def _at(priority: int) -> Any:
+    def write(self: LineLogger, message: str | bytes) -> None:
+        self._write(message, priority)
+
+    return write
+
+
 class LineLogger:
-    """The wrapped logger: every method writes its message plus ``\\n`` at once."""
+    """The wrapped logger: every method writes its message plus ``\\n`` at once.
+
+    structlog calls the method named after the record's level, which is how
+    the line gets its journald priority.
+    """
 
     def __init__(self, writer: _Writer) -> None:
         self._writer = writer
 
+    def _write(self, message: str | bytes, priority: int) -> None:
+        data = message if isinstance(message, bytes) else message.encode("utf-8", "replace")
+        self._writer.write(data + b"\n", priority)
+
     def msg(self, message: str | bytes) -> None:
         """Write *message* as one line."""
-        data = message if isinstance(message, bytes) else message.encode("utf-8", "replace")
-        self._writer.write(data + b"\n")
+        self._write(message, journal.INFO)
 
-    log = debug = info = warn = warning = err = error = critical = exception = fatal = failure = msg
+    log = msg
+    debug = _at(journal.DEBUG)
+    info = _at(journal.INFO)
+    warn = warning = _at(journal.WARNING)
+    err = error = exception = failure = _at(journal.ERR)
+    critical = fatal = _at(journal.CRIT)
 
 
 class _LineHandler(logging.Handler):
@@ -165,7 +193,7 @@ class _LineHandler(logging.Handler):
         except Exception:  # never raise out of logging
             self.handleError(record)
             return
-        self._writer.write(text.encode("utf-8", "replace") + b"\n")
+        self._writer.write(text.encode("utf-8", "replace") + b"\n", journal.priority_of_levelno(record.levelno))
 
 
 class _ScrubbedConsole:
@@ -220,7 +248,7 @@ def configure_logging(
         register_secret(secret)
     _state.update(fmt=fmt, level=level, stream=stream, lib_level=lib_level)
 
-    console = fmt == "console" or (fmt == "auto" and _isatty(out))
+    console = not renders_json(fmt, out)
     writer = _Writer(out)
     line_logger = LineLogger(writer)
     stamp = TimeStamper(fmt="iso", utc=True)
@@ -279,6 +307,12 @@ def configure_logging(
     root.setLevel(min_lib_level)
     _handler = handler
     logging.captureWarnings(True)
+
+
+def renders_json(fmt: str, stream: IO[Any] | None = None) -> bool:
+    """Whether :func:`configure_logging` with *fmt* writes JSON to *stream* (default ``sys.stderr``)."""
+    out = sys.stderr if stream is None else stream
+    return fmt.lower() == "json" or (fmt.lower() == "auto" and not _isatty(out))
 
 
 def _identity(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:

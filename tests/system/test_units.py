@@ -75,7 +75,7 @@ def systemd_analyze() -> str:
 
 @pytest.fixture(scope="module")
 def unit_copies(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Copies of the units whose ExecStart points at this venv's shardsync (verify needs an executable)."""
+    """Copies of the units whose ExecStart/ExecReload use this venv's shardsync (verify needs an executable)."""
     shardsync = Path(sys.executable).with_name("shardsync")
     if not shardsync.exists():
         found = shutil.which("shardsync")
@@ -84,8 +84,9 @@ def unit_copies(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("units")
     for name in UNIT_NAMES:
         text = (UNITS / name).read_text()
-        rewritten, count = re.subn(r"(?m)^ExecStart=\S+", f"ExecStart={shardsync}", text)
-        assert count == 1, f"{name}: expected one ExecStart= line"
+        rewritten, count = re.subn(r"(?m)^(ExecStart|ExecReload)=/opt/shardsync/venv/bin/shardsync ",
+                                   rf"\1={shardsync} ", text)
+        assert count == 2, f"{name}: expected one ExecStart= and one ExecReload= line running shardsync"
         (directory / name).write_text(rewritten)
     return directory
 
@@ -118,19 +119,22 @@ def test_unit_exposure_at_most_2(systemd_analyze: str, name: str) -> None:
 
 @pytest.mark.parametrize("name", list(UNIT_NAMES))
 def test_unit_speaks_the_daemon_contract(name: str) -> None:
-    """Type=notify from the main pid, mixed kill, watchdog, no restart on exit 77/78, timeouts above the daemon's."""
+    """Type=notify from the main pid, mixed kill, watchdog, no restart on 77/78/243, timeouts above the daemon's."""
     unit = parse_unit((UNITS / name).read_text())
     assert only(unit, "Service", "Type") == "notify"
     assert only(unit, "Service", "NotifyAccess") == "main"
     assert only(unit, "Service", "KillMode") == "mixed"
     assert only(unit, "Service", "Restart") == "on-failure"
-    assert {"77", "78"} <= set(" ".join(values(unit, "Service", "RestartPreventExitStatus")).split())
+    assert {"77", "78", "243"} <= set(" ".join(values(unit, "Service", "RestartPreventExitStatus")).split())
     assert timespan(only(unit, "Service", "TimeoutStopSec")) > DEFAULTS.shutdown_timeout + STOP_MARGIN
     assert timespan(only(unit, "Service", "TimeoutStartSec")) > DEFAULTS.start_timeout
     assert timespan(only(unit, "Service", "WatchdogSec")) > 0
-    assert only(unit, "Service", "ExecReload") == "/bin/kill -HUP $MAINPID"
     exec_start = only(unit, "Service", "ExecStart")
     assert exec_start.startswith("/") and " run -c /etc/shardsync/" in exec_start
+    binary, config = exec_start.split(" run -c ")
+    # the file is checked first: a bad one fails `systemctl reload` and no SIGHUP is sent
+    assert values(unit, "Service", "ExecReload") == [f"{binary} check-config --quiet -c {config}",
+                                                    "/bin/kill -HUP $MAINPID"]
     assert values(unit, "Unit", "StartLimitIntervalSec") and values(unit, "Unit", "StartLimitBurst")
     used = {key for section in unit.values() for key, _ in section}
     assert not used & NEWER_THAN_252, "systemd 252 does not know these keys"

@@ -1,0 +1,90 @@
+"""Whether several hosts' configs split one sharded sync exactly: same shape, remainders a partition.
+
+Every host of one Tradovate account must agree on ``divisor``, ``expression``
+and ``entity_types``, and their ``remainders`` together must cover
+``0 .. divisor-1`` exactly once: a gap leaves accounts unsynced, an overlap
+opens two connections for one remainder. Pure: configs in, problems out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+__all__ = ["HostShards", "check_partition", "compress"]
+
+
+@dataclass(frozen=True)
+class HostShards:
+    """What one host's config says about the shared sharding."""
+
+    source: str
+    divisor: int
+    expression: str
+    entity_types: tuple[str, ...]
+    remainders: tuple[int, ...]
+
+
+def compress(numbers: Iterable[int]) -> str:
+    """Sorted, unique numbers as ranges: ``[5, 6, 7, 12]`` -> ``"5-7, 12"``."""
+    spans: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in spans)
+
+
+def _disagreement(hosts: Sequence[HostShards], key: str, values: Sequence[object]) -> str | None:
+    if len(set(values)) <= 1:
+        return None
+    shown = "; ".join(f"{host.source}: {_show(value)}" for host, value in zip(hosts, values, strict=True))
+    return f"sync.{key} differs: {shown}"
+
+
+def _show(value: object) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+def check_partition(hosts: Sequence[HostShards]) -> list[str]:
+    """Every problem with *hosts* as one deployment, worded for an operator; empty when they fit.
+
+    When the divisors differ the remainders cannot be compared, so only the
+    disagreements are reported.
+    """
+    if not hosts:
+        return ["no configs to check"]
+    problems = [
+        problem
+        for problem in (
+            _disagreement(hosts, "divisor", [h.divisor for h in hosts]),
+            _disagreement(hosts, "expression", [h.expression for h in hosts]),
+            # order does not matter to the server: compare as sets, show as sorted
+            _disagreement(hosts, "entity_types", [tuple(sorted(set(h.entity_types))) for h in hosts]),
+        )
+        if problem is not None
+    ]
+    if len({h.divisor for h in hosts}) > 1:
+        return problems
+    divisor = hosts[0].divisor
+    owners: dict[int, list[str]] = {r: [] for r in range(divisor)}
+    for host in hosts:
+        for remainder in sorted(set(host.remainders)):
+            owners.setdefault(remainder, []).append(host.source)
+    # one line per set of files that overlap, each naming its remainders
+    overlaps: dict[tuple[str, ...], list[int]] = {}
+    for remainder, sources in sorted(owners.items()):
+        if len(sources) > 1:
+            overlaps.setdefault(tuple(sources), []).append(remainder)
+    for sharing, remainders in overlaps.items():
+        problems.append(f"overlap: {compress(remainders)} (in {', '.join(sharing)})")
+    gaps = [r for r, sources in owners.items() if not sources]
+    if gaps:
+        problems.append(f"gap: {compress(gaps)} (in no file; divisor {divisor})")
+    outside = [r for r in owners if not 0 <= r < divisor]
+    if outside:
+        problems.append(f"outside 0-{divisor - 1}: {compress(outside)}")
+    return problems
