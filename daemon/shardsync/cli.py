@@ -16,15 +16,18 @@ from shardsync.exitcodes import EX_CONFIG, EX_ERROR, EX_NOPERM, EX_OK
 if TYPE_CHECKING:
     from shardsync.config import ConfigError, Settings
     from shardsync.credentials import Credentials
+    from shardsync.ordinal import HostSlot
 
 
 
-def _load(path: str, report: Callable[[ConfigError], None] | None = None) -> Settings | None:
+def _load(
+    path: str, report: Callable[[ConfigError], None] | None = None, host: HostSlot | None = None
+) -> Settings | None:
     """The validated settings, or None after reporting every problem (the caller exits 78)."""
     from shardsync.config import ConfigError, load_config
 
     try:
-        return load_config(path)
+        return load_config(path, host=host)
     except ConfigError as exc:
         (report or _print_config_error)(exc)
         return None
@@ -58,10 +61,13 @@ def _early_log_format(path: str) -> str:
     """``[log] format`` of a file that failed validation, read leniently; ``auto`` when it cannot be told."""
     import tomllib
 
+    from shardsync.config.load import MAX_CONFIG_BYTES
+    from shardsync.files import read_regular_file
+
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except (OSError, ValueError):  # unreadable, not UTF-8 or not TOML
+        # The same guarded read as the config itself: the file may be a FIFO, huge or nested too deep.
+        data = tomllib.loads(read_regular_file(path, MAX_CONFIG_BYTES).decode())
+    except (OSError, ValueError, RecursionError):  # unreadable, not regular, not UTF-8 or not TOML
         return "auto"
     section = data.get("log")
     fmt = section.get("format") if isinstance(section, dict) else None
@@ -122,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
     from shardsync.logs import configure_logging, get_logger
     from shardsync.secrets import register_secret
 
-    settings = _load(args.config, report=_log_config_error)
+    settings = _load(args.config, report=_log_config_error, host=_host_slot(args))
     if settings is None:
         return EX_CONFIG
     configure_logging(fmt=settings.log.format, level=settings.log.level, secrets=settings.secrets())
@@ -136,7 +142,7 @@ def _run(args: argparse.Namespace) -> int:
             log.error("credentials_unusable", error=str(exc))
             return EX_NOPERM
         if any(name in os.environ for name in credential_env_names()):
-            _reexec_without_credentials(args.config, credentials)
+            _reexec_without_credentials(args.config, credentials, _host_slot(args))
     for value in (credentials.password, credentials.secret):
         register_secret(value)
 
@@ -149,7 +155,7 @@ def _run(args: argparse.Namespace) -> int:
         return EX_ERROR
 
 
-def _reexec_without_credentials(config: str, credentials: Credentials) -> NoReturn:
+def _reexec_without_credentials(config: str, credentials: Credentials, host: HostSlot | None) -> NoReturn:
     """Start over without SHARDSYNC_* in the environment, the values handed over in a memfd.
 
     A forked worker's /proc/PID/environ is the environment block this process
@@ -170,7 +176,32 @@ def _reexec_without_credentials(config: str, credentials: Credentials) -> NoRetu
     os.set_inheritable(fd, True)
     env = {k: v for k, v in os.environ.items() if k not in credential_env_names()}
     argv = [sys.executable, "-m", "shardsync", "run", "-c", config, "--credentials-fd", str(fd)]
+    if host is not None:
+        argv += ["--host-index", str(host.index), "--host-count", str(host.count)]
     os.execve(sys.executable, argv, env)  # noqa: S606 - our own interpreter, fixed argv
+
+
+def _host_slot(args: argparse.Namespace) -> HostSlot | None:
+    from shardsync.ordinal import HostSlot
+
+    if args.host_index is None:
+        return None
+    return HostSlot(args.host_index, args.host_count)
+
+
+def _host_index(text: str) -> int:
+    from shardsync.ordinal import parse_host_index
+
+    try:
+        return parse_host_index(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _host_count(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of hosts (1 .. 65536)")
+    return int(text)
 
 
 def _read_credentials(fd: int) -> Credentials:
@@ -208,14 +239,51 @@ def _demo(args: argparse.Namespace) -> int:
 
 _SIMULATE_HELP = "run the protocol-faithful fake Tradovate server"
 
+_RUN_HELP = """\
+Runs the supervisor and one worker process per shard in the foreground until
+SIGTERM or SIGINT (a second one SIGKILLs the workers at once). Logs go to stderr.
+
+signals:
+  SIGHUP           re-read FILE: an invalid file is refused (the old settings
+                   stay, the reason is logged); otherwise added shards start,
+                   removed ones stop, and only shards whose settings changed
+                   restart. systemd: `systemctl reload`. --host-index/--host-count
+                   apply to the re-read file too.
+  SIGTERM, SIGINT  stop: the workers get [supervisor] shutdown_timeout, then SIGKILL.
+
+credentials (username, password, API secret), first source found wins:
+  1. $CREDENTIALS_DIRECTORY/{username,password,secret}  (systemd LoadCredential=,
+     a Kubernetes Secret mounted as files)
+  2. SHARDSYNC_USERNAME, SHARDSYNC_PASSWORD, SHARDSYNC_SECRET  (the daemon then
+     re-executes itself without them, so no worker inherits them)
+  3. [credentials] file in FILE: a TOML file, refused if group/other-readable
+
+several hosts, one FILE:
+  with [sync] remainders = "all", --host-index I --host-count N runs host I's
+  contiguous block of 0..divisor-1 (divisor 16, N 4: host 1 runs 4-7); I may be
+  a StatefulSet pod name (shardsync-1). Any other remainders value: exit 78.
+
+exit codes:
+  0   clean stop (SIGTERM/SIGINT)
+  1   unexpected error
+  3   global breaker: most shards failing together
+  77  credentials missing, unreadable, too open, or refused by the server
+  78  invalid configuration (FILE and key named on stderr)
+  systemd units do not restart 77 and 78 (RestartPreventExitStatus=77 78).
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shardsync", description=__doc__)
     parser.add_argument("--version", action="version", version=f"shardsync {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the supervisor and its shard workers in the foreground")
+    run = commands.add_parser("run", help="run the supervisor and its shard workers in the foreground",
+                              description=_RUN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("-c", "--config", required=True, metavar="FILE")
+    run.add_argument("--host-index", type=_host_index, metavar="I",
+                     help="this host's ordinal, 0 .. N-1, or a pod name ending in -I (needs --host-count)")
+    run.add_argument("--host-count", type=_host_count, metavar="N", help="number of hosts sharing FILE")
     run.add_argument("--credentials-fd", type=int, default=None, help=argparse.SUPPRESS)
     run.set_defaults(handler=_run)
 
@@ -255,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not getattr(args, "passes_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
+    if args.command == "run" and (args.host_index is None) != (args.host_count is None):
+        parser.error("run: --host-index and --host-count go together")
     code: int = args.handler(args)
     return code
 

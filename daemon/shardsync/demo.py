@@ -10,6 +10,7 @@ and the simulator after it.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -89,11 +90,16 @@ format = "json"
     return config
 
 
-def _status_port(log: Path, daemon: subprocess.Popen[bytes], deadline: float) -> int:
+def _status_port(log: Path, start: int, daemon: subprocess.Popen[bytes], deadline: float) -> int:
+    """The status port this run's daemon logged: only lines past ``start``, since the log is appended to and an
+    earlier run's port would be dead (or, worse, another daemon's)."""
     while time.monotonic() < deadline:
         if daemon.poll() is not None:
             raise RuntimeError(f"the daemon exited with {daemon.returncode}; see {log}")
-        for raw in log.read_bytes().splitlines():
+        with open(log, "rb") as f:
+            f.seek(start)
+            lines = f.read().splitlines()
+        for raw in lines:
             try:
                 line = orjson.loads(raw)
             except orjson.JSONDecodeError:
@@ -122,25 +128,28 @@ def run_demo(*, state_dir: str, shards: int, duration: float, event_rate: float)
     try:
         config = write_demo_files(state, port, shards)
         with open(log_path, "ab") as log:
+            start = log.tell()
             daemon = subprocess.Popen(
                 [sys.executable, "-m", "shardsync", "run", "-c", str(config)],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=_own_session_dying_with_us,  # noqa: PLW1509
             )
-        url = f"http://127.0.0.1:{_status_port(log_path, daemon, time.monotonic() + 30)}/status"
+        url = f"http://127.0.0.1:{_status_port(log_path, start, daemon, time.monotonic() + 30)}/status"
         started = time.monotonic()
         tty = sys.stdout.isatty()
+        try_next = next_step(Path(state_dir), shards)
         while not stop and daemon.poll() is None:
             try:
                 text = render_table(fetch_status(url))
             except StatusUnavailable as exc:
                 text = f"status unavailable: {exc}"
-            header = f"shardsync demo: simulator on port {port}, logs in {log_path} (Ctrl-C stops)"
+            header = (f"shardsync demo: simulator on port {port}, logs in {log_path} (Ctrl-C stops)\n"
+                      f"status: {url} (also /metrics, /healthz)\ntry: {try_next}")
             sys.stdout.write(("\x1b[H\x1b[J" if tty else "") + header + "\n" + text + "\n\n")
             sys.stdout.flush()
             if duration and time.monotonic() - started >= duration:
                 break
             time.sleep(1.0)
-        print(f"stopping; shard files are in {state.resolve()}")
+        print(f"stopping; shard files are in {state.resolve()}\nnext: {try_next}")
         return _stop(daemon)
     finally:
         if daemon is not None and daemon.poll() is None:
@@ -150,6 +159,12 @@ def run_demo(*, state_dir: str, shards: int, duration: float, event_rate: float)
             sim.wait(timeout=5)
         except subprocess.TimeoutExpired:
             sim.kill()
+
+
+def next_step(state: Path, shards: int) -> str:
+    """A command line that shows what the demo wrote: the entities in shard 0's SQLite file."""
+    return shlex.join(["sqlite3", str(state / f"shard-000-of-{shards:03d}.sqlite3"),
+                       "select entity_type, count(*) from entities group by entity_type"])
 
 
 def _stop(daemon: subprocess.Popen[bytes]) -> int:

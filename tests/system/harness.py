@@ -71,8 +71,11 @@ class Daemon:
 
     def __init__(self, tmp: Path, sim: Simulator, *, divisor: int = 4, remainders: str | list[int] = "all",
                  sections: dict[str, dict[str, Any]] | None = None, env: dict[str, str] | None = None,
-                 credentials: Path | bool | None = True, launcher: list[str] | None = None) -> None:
+                 credentials: Path | bool | None = True, launcher: list[str] | None = None,
+                 args: list[str] | None = None) -> None:
         self.tmp = tmp
+        #: Further `shardsync run` arguments after ``-c FILE``.
+        self.args = args or []
         #: The command that runs Python (e.g. with setpriv in front, to drop privileges).
         self.launcher = launcher or [sys.executable]
         self.sim = sim
@@ -104,7 +107,7 @@ class Daemon:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self._out = open(self.out_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [*self.launcher, "-m", "shardsync", "run", "-c", str(self.config)],
+            [*self.launcher, "-m", "shardsync", "run", "-c", str(self.config), *self.args],
             stdout=self._out, stderr=self._log, stdin=subprocess.DEVNULL, env=self.env, cwd=self.tmp,
         )
         return self

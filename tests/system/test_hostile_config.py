@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 from harness import USERNAME, Daemon, wait_until
 
@@ -62,3 +63,16 @@ def test_oversized_environment_password_exits_77_without_showing_it(sim_factory:
     output = daemon.output()
     assert b"password longer than 16384 bytes" in output
     assert password.encode() not in output
+
+
+def test_run_with_a_fifo_config_exits_78_at_once(tmp_path: Path, sim_factory: SimFactory) -> None:
+    """`shardsync run -c FIFO` refuses the file (78) without blocking on it, also while picking its log format."""
+    daemon = Daemon(tmp_path, sim_factory(), divisor=1)
+    daemon.config.unlink()
+    os.mkfifo(daemon.config)
+    daemon.start()
+    try:
+        assert daemon.wait_exit(15) == 78
+    finally:
+        daemon.stop()
+    assert b"not a regular file" in daemon.output()

@@ -1,4 +1,4 @@
-"""The deployment files: systemd units checked with systemd-analyze (v252), supervisord.conf loaded by supervisor."""
+"""The systemd units checked with systemd-analyze (v252) (the supervisord snippet: test_supervisord.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from shardsync.config import SupervisorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "systemd"
-SUPERVISORD_CONF = ROOT / "deploy" / "supervisord.conf"
 DEFAULTS = SupervisorSettings()
 STOP_MARGIN = 5.0  # seconds the service manager must wait beyond the daemon's own shutdown_timeout
 
@@ -160,45 +159,3 @@ def test_template_unit_is_per_instance() -> None:
     assert all("/%i/" in value for value in values(unit, "Service", "LoadCredential"))
     assert "%i" in only(unit, "Service", "StateDirectory")
     assert "%i" in only(unit, "Service", "User")
-
-
-@pytest.fixture
-def supervisord_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The environment variables deploy/supervisord.conf expands, pointing into tmp_path."""
-    monkeypatch.setenv("SHARDSYNC_BIN", str(Path(sys.executable).with_name("shardsync")))
-    monkeypatch.setenv("SHARDSYNC_CONFIG", str(tmp_path / "shardsync.toml"))
-    monkeypatch.setenv("SHARDSYNC_RUNDIR", str(tmp_path))
-    return tmp_path
-
-
-def test_supervisord_conf_stops_gracefully_and_restarts_on_failure(supervisord_env: Path) -> None:
-    """supervisord loads it: TERM to the parent, group SIGKILL after > shutdown_timeout, restart unless exit 0."""
-    from supervisor.datatypes import RestartWhenExitUnexpected
-    from supervisor.options import ServerOptions
-
-    options = ServerOptions()
-    options.realize(args=["-c", str(SUPERVISORD_CONF)])
-    (group,) = options.process_group_configs
-    (program,) = group.process_configs
-    assert program.name == "shardsync"
-    shardsync = Path(sys.executable).with_name("shardsync")
-    assert program.command == f"{shardsync} run -c {supervisord_env / 'shardsync.toml'}"
-    assert program.stopsignal.name == "SIGTERM"
-    assert program.stopwaitsecs > DEFAULTS.shutdown_timeout + STOP_MARGIN
-    assert program.stopasgroup is False  # like KillMode=mixed: the parent stops its own workers
-    assert program.killasgroup is True
-    assert program.autorestart is RestartWhenExitUnexpected
-    assert program.exitcodes == [0]
-    assert program.startsecs >= 1
-    assert program.redirect_stderr is True
-    assert program.stdout_logfile == str(supervisord_env / "shardsync.log")
-    assert not any(re.search(r"PASSWORD|SECRET", key, re.IGNORECASE) for key in program.environment or {})
-
-
-def test_supervisorctl_finds_the_socket(supervisord_env: Path) -> None:
-    """supervisorctl reads the same file and talks to the unix socket under SHARDSYNC_RUNDIR."""
-    from supervisor.options import ClientOptions
-
-    options = ClientOptions()
-    options.realize(args=["-c", str(SUPERVISORD_CONF)])
-    assert options.serverurl == f"unix://{supervisord_env / 'supervisor.sock'}"

@@ -178,3 +178,38 @@ def test_run_credentials_error_is_one_json_record(tmp_path: Path) -> None:
     record = orjson.loads(line)
     assert record["event"] == "credentials_unusable" and record["level"] == "error"
     assert "CREDENTIALS_DIRECTORY" in record["error"]
+
+
+def test_run_help_describes_exit_codes_reload_credentials_and_host_slots() -> None:
+    """`run --help` lists every exit code, what SIGHUP does, the three credential sources in their order and
+    the host-slot flags."""
+    result = shardsync("run", "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    for code, meaning in (("0", "clean stop"), ("1", "unexpected error"), ("3", "global breaker"),
+                          ("77", "credentials"), ("78", "invalid configuration")):
+        assert f" {code} {meaning}" in text, code
+    assert "SIGHUP re-read FILE: an invalid file is refused" in text
+    sources = ["$CREDENTIALS_DIRECTORY/{username,password,secret}", "SHARDSYNC_USERNAME, SHARDSYNC_PASSWORD",
+               "[credentials] file"]
+    positions = [text.index(source) for source in sources]
+    assert positions == sorted(positions)
+    assert "--host-index I" in text and "--host-count N" in text
+
+
+def test_run_host_flags_go_together_and_are_checked(tmp_path: Path) -> None:
+    """--host-index without --host-count (or the reverse) and a malformed index are usage errors (exit 2); a slot
+    that does not fit the file's divisor is exit 78 naming the flag."""
+    config = tmp_path / "c.toml"
+    config.write_text('[tradovate]\napp_id = "a"\ncid = 1\n[sync]\ndivisor = 4\n')
+    alone = shardsync("run", "-c", str(config), "--host-index", "1")
+    assert alone.returncode == 2 and "--host-index and --host-count go together" in alone.stderr
+    reverse = shardsync("run", "-c", str(config), "--host-count", "2")
+    assert reverse.returncode == 2 and "go together" in reverse.stderr
+    bad = shardsync("run", "-c", str(config), "--host-index", "-1", "--host-count", "2")
+    assert bad.returncode == 2 and "neither an index" in bad.stderr
+    zero = shardsync("run", "-c", str(config), "--host-index", "0", "--host-count", "0")
+    assert zero.returncode == 2 and "not a number of hosts" in zero.stderr
+    too_many = shardsync("run", "-c", str(config), "--host-index", "0", "--host-count", "5")
+    assert too_many.returncode == 78
+    assert f"{config}: --host-count 5 > sync.divisor 4" in too_many.stderr

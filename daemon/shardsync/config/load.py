@@ -14,6 +14,7 @@ from shardsync.config.errors import ConfigError, toml_error, validation_lines
 from shardsync.config.identity import current_user, read_machine_id
 from shardsync.config.models import Settings
 from shardsync.files import read_regular_file
+from shardsync.ordinal import HostSlot, host_remainders
 
 __all__ = ["MAX_CONFIG_BYTES", "load_config", "parse_settings", "render_settings", "too_deep"]
 
@@ -55,10 +56,15 @@ def too_deep(data: object, limit: int) -> str | None:
 def load_config(
     path: str | os.PathLike[str],
     *,
+    host: HostSlot | None = None,
     machine_id: Callable[[], str] = read_machine_id,
     user: Callable[[], str] = current_user,
 ) -> Settings:
-    """Read and validate a TOML config file; raise :class:`ConfigError` on any problem, never anything else."""
+    """Read and validate a TOML config file; raise :class:`ConfigError` on any problem, never anything else.
+
+    With ``host``, ``[sync] remainders`` (which must then be ``"all"`` or absent)
+    becomes this host's block of ``0 .. divisor-1`` (:mod:`shardsync.ordinal`).
+    """
     try:
         raw = read_regular_file(path, MAX_CONFIG_BYTES)
     except OSError as exc:
@@ -79,7 +85,25 @@ def load_config(
     where = too_deep(data, MAX_NESTING)
     if where is not None:
         raise ConfigError(path, [f"{where}: nested too deeply (at most {MAX_NESTING} levels)"])
-    return parse_settings(data, source=path, machine_id=machine_id, user=user)
+    settings = parse_settings(data, source=path, machine_id=machine_id, user=user)
+    return settings if host is None else _for_host(settings, data, host, path)
+
+
+def _for_host(settings: Settings, data: Mapping[str, Any], host: HostSlot, path: str | os.PathLike[str]) -> Settings:
+    """``settings`` running only ``host``'s remainders; ConfigError when the file picks remainders itself."""
+    sync = data.get("sync")
+    chosen = sync.get("remainders", "all") if isinstance(sync, dict) else "all"
+    if not (isinstance(chosen, str) and chosen.strip().lower() == "all"):
+        # Two sources of truth for one host's shards would let them disagree silently.
+        raise ConfigError(path, [
+            f'sync.remainders: must be "all" (or absent) when {host} chooses this host\'s remainders'
+            f" (it is {str(chosen)[:40]!r})"
+        ])
+    try:
+        remainders = host_remainders(settings.sync.divisor, host.index, host.count)
+    except ValueError as exc:
+        raise ConfigError(path, [str(exc)]) from None
+    return settings.model_copy(update={"sync": settings.sync.model_copy(update={"remainders": remainders})})
 
 
 def render_settings(settings: Settings) -> str:
