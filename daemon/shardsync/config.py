@@ -9,8 +9,6 @@ The public surface:
   out (the machine identity used for the derived ``device_id`` is injected).
 - :meth:`Settings.masked` / :func:`render_settings` show the effective
   settings with secrets masked (``shardsync check-config``).
-- :func:`shard_key` is the part of the settings one shard's worker depends on,
-  so a reload restarts only the shards whose key changed.
 
 Secret masking: ``sink.dsn`` is the only secret-bearing key. Its password
 parts (URL userinfo password, ``password=``/``sslpassword=`` keywords or query
@@ -60,7 +58,6 @@ __all__ = [
     "parse_settings",
     "read_machine_id",
     "render_settings",
-    "shard_key",
 ]
 
 MASK = "***"
@@ -658,31 +655,3 @@ def load_config(
 def render_settings(settings: Settings) -> str:
     """The effective settings, secrets masked, as indented JSON (check-config)."""
     return orjson.dumps(settings.masked(), option=orjson.OPT_INDENT_2).decode()
-
-
-# fields of [tradovate] only the parent uses (login and token renewal); a
-# change there needs no worker restart.
-_PARENT_ONLY_TRADOVATE = frozenset({"renew_before", "captcha_backoff", "lockout_backoff"})
-
-
-def shard_key(settings: Settings, remainder: int) -> tuple[tuple[str, object], ...]:
-    """A hashable value of exactly the settings one shard's worker depends on.
-
-    Two keys differ iff that shard must be restarted on reload. Log level,
-    status listener, credentials and parent-only timers are not part of it.
-    """
-    tv = settings.tradovate
-    sync = settings.sync
-    items: list[tuple[str, object]] = [("remainder", remainder)]
-    items += [
-        (f"tradovate.{name}", getattr(tv, name)) for name in type(tv).model_fields if name not in _PARENT_ONLY_TRADOVATE
-    ]
-    items += [
-        ("sync.divisor", sync.divisor),
-        ("sync.expression", sync.expression),
-        ("sync.entity_types", sync.entity_types),
-        ("sync.split_responses", sync.split_responses),
-    ]
-    items += [(f"sink.{name}", getattr(settings.sink, name)) for name in type(settings.sink).model_fields]
-    items.append(("supervisor.heartbeat_interval", settings.supervisor.heartbeat_interval))
-    return tuple(items)

@@ -23,15 +23,19 @@ class PermitGate:
     """FIFO of waiting shards; grants at most ``max_concurrent`` at once, ``spacing`` apart."""
 
     def __init__(self, *, max_concurrent: int, spacing: float, hold_max: float) -> None:
+        self.reconfigure(max_concurrent=max_concurrent, spacing=spacing, hold_max=hold_max)
+        self._waiting: OrderedDict[int, float] = OrderedDict()
+        self._in_flight: dict[int, float] = {}
+        self._last_grant = float("-inf")
+        self.peak = 0
+
+    def reconfigure(self, *, max_concurrent: int, spacing: float, hold_max: float) -> None:
+        """New limits (a reload); who waits and who holds is kept, since a worker asks only once."""
         if max_concurrent < 1 or spacing < 0 or hold_max <= 0:
             raise ValueError("invalid permit limits")
         self.max_concurrent = max_concurrent
         self.spacing = spacing
         self.hold_max = hold_max
-        self._waiting: OrderedDict[int, float] = OrderedDict()
-        self._in_flight: dict[int, float] = {}
-        self._last_grant = float("-inf")
-        self.peak = 0
 
     def request(self, remainder: int, now: float) -> None:
         # A worker asks once per connect; asking again while holding one means
