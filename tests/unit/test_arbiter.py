@@ -141,7 +141,7 @@ def test_crash_is_restarted_at_once_then_after_a_backoff(make: Any) -> None:
     with structlog.testing.capture_logs() as logs:
         first.exit(exited_with(1))
         woken = [key.data for key, _ in parent.selector.ready_now()]
-        assert parent.arbiter.on_exit_fd in woken
+        assert parent.arbiter.table.on_exit_fd in woken
         parent.step(2)
     second = parent.fakes.worker(2)
     assert second is not first and not second.exited

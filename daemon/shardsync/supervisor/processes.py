@@ -8,6 +8,7 @@ pass fakes, so the whole loop runs in-process without a single child.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from shardsync.supervisor.child import run_child
 from shardsync.supervisor.tokens import Action
 from shardsync.worker.options import WorkerOptions
 
-__all__ = ["Launch", "Processes", "fork_worker"]
+__all__ = ["Launch", "Processes", "describe", "fork_worker"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,3 +56,11 @@ class Processes:
     pidfd_open: Callable[[int], int] = os.pidfd_open
     kill: Callable[[int, int], None] = os.kill
     waitpid: Callable[[int, int], tuple[int, int]] = os.waitpid
+
+
+def describe(status: int) -> str:
+    """A waitpid status in words: ``exited with 1``, ``killed by SIGKILL``."""
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exited with {code}"

@@ -95,7 +95,7 @@ class RestartsDue:
         due = [s for s in self.arbiter.shards.values() if (at := _start_at(s)) is not None and at <= now]
         # The rest stay due: the loop's next select has a zero timeout and comes back here.
         for shard in due[:SPAWNS_PER_PASS]:
-            self.arbiter.spawn(shard)
+            self.arbiter.table.spawn(shard)
 
 
 class WorkerDeadlines:
@@ -105,15 +105,15 @@ class WorkerDeadlines:
         self.arbiter = arbiter
 
     def next_at(self, now: float) -> float | None:
-        limits = self.arbiter.limits
+        limits = self.arbiter.table.limits
         ats = (hang.next_check(s.watch(), limits) for s in self.arbiter.shards.values() if s.running)
         return min((at for at in ats if at is not None), default=None)
 
     def run_due(self, now: float) -> None:
-        limits = self.arbiter.limits
+        limits = self.arbiter.table.limits
         for shard in list(self.arbiter.shards.values()):
             if shard.running and (verdict := hang.verdict(shard.watch(), limits, now)) is not None:
-                self.arbiter.carry_out(shard, verdict)
+                self.arbiter.table.carry_out(shard, verdict)
 
 
 class PermitGrants:
@@ -123,10 +123,10 @@ class PermitGrants:
         self.arbiter = arbiter
 
     def next_at(self, now: float) -> float | None:
-        return None if self.arbiter.stopping else self.arbiter.permits.next_at(now)
+        return None if self.arbiter.stopping else self.arbiter.table.permits.next_at(now)
 
     def run_due(self, now: float) -> None:
-        self.arbiter.grant_permits(now)
+        self.arbiter.table.grant_permits(now)
 
 
 class LoginDue:
@@ -181,7 +181,7 @@ class Readiness:
 
     def _args(self) -> tuple[float, float, bool]:
         arb = self.arbiter
-        return arb.started, arb.settings.supervisor.start_timeout, arb.all_live()
+        return arb.started, arb.settings.supervisor.start_timeout, arb.table.all_live()
 
     def next_at(self, now: float) -> float | None:
         if self.arbiter.ready or self.arbiter.stopping:
