@@ -27,25 +27,18 @@ def watch(**overrides: Any) -> Watch:
 
 def test_heartbeat_deadline_before_first_beat_is_the_grace() -> None:
     """Before any heartbeat the worker has first_grace from its start, whatever the timeout."""
-    assert (
-        heartbeat_deadline(last_beat=None, started=100.0, interval=1.0, timeout=10.0, first_grace=30.0, busy_for=0.0)
-        == 130.0
-    )
+    assert heartbeat_deadline(watch(started=100.0), LIMITS) == 130.0
 
 
 def test_heartbeat_deadline_after_a_beat_is_the_timeout() -> None:
     """After a beat with no announced blocking step the deadline is last_beat + timeout."""
-    assert (
-        heartbeat_deadline(last_beat=200.0, started=100.0, interval=1.0, timeout=10.0, first_grace=30.0, busy_for=0.0)
-        == 210.0
-    )
+    assert heartbeat_deadline(watch(last_beat=200.0), LIMITS) == 210.0
 
 
 def test_heartbeat_deadline_extends_for_announced_busy_steps() -> None:
     """A worker announcing a blocking step gets busy_for + interval, but never less than the timeout."""
-    kw: dict[str, Any] = {"started": 0.0, "interval": 1.0, "timeout": 10.0, "first_grace": 30.0}
-    assert heartbeat_deadline(last_beat=200.0, busy_for=45.0, **kw) == 246.0
-    assert heartbeat_deadline(last_beat=200.0, busy_for=3.0, **kw) == 210.0
+    assert heartbeat_deadline(watch(last_beat=200.0, busy_for=45.0), LIMITS) == 246.0
+    assert heartbeat_deadline(watch(last_beat=200.0, busy_for=3.0), LIMITS) == 210.0
 
 
 def test_silent_worker_is_hung_exactly_at_its_deadline() -> None:

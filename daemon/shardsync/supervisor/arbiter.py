@@ -133,12 +133,11 @@ class Arbiter:
     def step(self) -> bool:
         """One pass: signals, due timers, one wait in the selector, reaping; False once everything stopped."""
         self.handle_signals()
-        now = self.clock()
-        self.timers.run_due(now)
+        timeout = self.timers.run_due(self.clock(), MAX_SLEEP)
         self.update_status_line()
         if self.stopping and not self.children_alive():
             return False
-        for key, mask in self.selector.select(self.timers.timeout(now, MAX_SLEEP)):
+        for key, mask in self.selector.select(timeout):
             key.data(mask)
         self.reap()
         return True

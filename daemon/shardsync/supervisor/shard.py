@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 from shardsync import ipc
 from shardsync.ipc import ShardState
-from shardsync.supervisor.hang import Watch
 from shardsync.supervisor.processes import Launch, Processes
 from shardsync.supervisor.reload import Row, Then
 from shardsync.supervisor.status import ShardStatus
@@ -109,15 +108,19 @@ class Shard:
         """This shard as the reload planner sees it."""
         return Row(self.options, running=self.running, then=self.then)
 
-    def watch(self) -> Watch:
-        """This shard's running worker as the hang verdict sees it."""
-        return Watch(
-            started=self.started_at,
-            last_beat=self.last_beat,
-            busy_for=self.beat.busy_for if self.beat is not None else 0.0,
-            kill_at=self.kill_at,
-            stopping=self.stop_requested or self.hung,
-        )
+    # --- what the hang verdict watches (hang.Watched), read on every pass of the loop ---
+
+    @property
+    def started(self) -> float:
+        return self.started_at
+
+    @property
+    def busy_for(self) -> float:
+        return self.beat.busy_for if self.beat is not None else 0.0
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_requested or self.hung
 
     def status(self, now: float) -> ShardStatus:
         """This shard's line of /status at ``now``."""

@@ -60,11 +60,21 @@ class TimerList:
     def __init__(self, timers: Sequence[Timer]) -> None:
         self.timers = tuple(timers)
 
-    def run_due(self, now: float) -> None:
+    def run_due(self, now: float, longest: float) -> float:
+        """Run every timer that is due at ``now``; return the select timeout (at most ``longest``)."""
+        nearest = now + longest
+        ran = False
         for timer in self.timers:
             at = timer.next_at(now)
-            if at is not None and at <= now:
+            if at is None:
+                continue
+            if at <= now:
                 timer.run_due(now)
+                ran = True
+            elif at < nearest:
+                nearest = at
+        # Running one timer may move another's deadline: then ask every timer again.
+        return self.timeout(now, longest) if ran else nearest - now
 
     def timeout(self, now: float, longest: float) -> float:
         """Seconds until the nearest ``next_at``, at most ``longest`` (0 when something is due)."""
@@ -106,13 +116,13 @@ class WorkerDeadlines:
 
     def next_at(self, now: float) -> float | None:
         limits = self.arbiter.table.limits
-        ats = (hang.next_check(s.watch(), limits) for s in self.arbiter.shards.values() if s.running)
+        ats = (hang.next_check(s, limits) for s in self.arbiter.shards.values() if s.running)
         return min((at for at in ats if at is not None), default=None)
 
     def run_due(self, now: float) -> None:
         limits = self.arbiter.table.limits
         for shard in list(self.arbiter.shards.values()):
-            if shard.running and (verdict := hang.verdict(shard.watch(), limits, now)) is not None:
+            if shard.running and (verdict := hang.verdict(shard, limits, now)) is not None:
                 self.arbiter.table.carry_out(shard, verdict)
 
 
