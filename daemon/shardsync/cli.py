@@ -149,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
     from shardsync.supervisor.arbiter import Arbiter
 
     try:
-        return Arbiter(settings, args.config, credentials).run()
+        return Arbiter(settings, args.config, credentials, host=_host_slot(args)).run()
     except Exception:
         log.exception("supervisor_crashed")
         return EX_ERROR

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 
-import pytest
 from harness import PASSWORD, SECRET, USERNAME, Daemon, wait_until
 
 from shardsync.simulator import Simulator
@@ -41,8 +40,6 @@ def test_a_file_that_names_its_remainders_is_refused_with_the_flags(sim_factory:
     assert sim.stats()["ws_connections_total"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="needs the Arbiter to pass its HostSlot to load_config on SIGHUP "
-                                       "(supervisor/arbiter.py is not this branch's; see the merge note)")
 def test_the_slot_survives_a_reload(sim_factory: SimFactory, daemon_factory: DaemonFactory) -> None:
     """SIGHUP re-reads the shared file with the same slot: host 1 of 2 keeps 2-3 and starts no shard of host 0."""
     sim = sim_factory()

@@ -396,6 +396,74 @@ def test_sighup_with_a_broken_file_keeps_everything(sim_factory: Callable[..., S
     assert all(s["state"] == "live" for s in daemon.shards().values())
 
 
+def test_sighup_removed_then_re_added_while_stopping_runs_again_once_reaped(
+        sim_factory: Callable[..., Simulator], daemon_factory: Callable[..., Daemon]) -> None:
+    """A shard removed by one SIGHUP and re-added by the next while its worker is still stopping (held in
+    SIGSTOP, within shutdown_timeout) runs again as soon as that worker has exited and been reaped, and
+    converges; no other shard moves."""
+    sim = sim_factory()
+    daemon = daemon_factory(sim)
+    daemon.wait_live()
+    wait_one_connection_each(sim, [0, 1, 2, 3])
+    before = daemon.pids()
+    old = before[2]
+    assert old is not None
+    os.kill(old, signal.SIGSTOP)  # it cannot finish its stop until SIGCONT
+    try:
+        removed = _reload(daemon, remainders=[0, 1, 3])
+        assert removed["removed"] == [2]
+        assert daemon.shards()[2]["state"] == "stopping"
+        re_added = _reload(daemon, remainders="all")
+        assert re_added["added"] == [2] and re_added["removed"] == [] and re_added["restarted"] == []
+        assert proc_state(old) == "T"  # still the old worker, still stopping
+        assert daemon.pids()[2] == old
+    finally:
+        os.kill(old, signal.SIGCONT)
+    wait_until(lambda: proc_state(old) is None, 5, "the old worker exited and was reaped")
+    replacement = wait_until(new_pid(daemon, 2, old), 5, "a new worker for the re-added shard")
+    shards = daemon.wait_live()
+    assert sorted(shards) == [0, 1, 2, 3]
+    assert daemon.pids() == {**before, 2: replacement}
+    assert not daemon.events("shard_killed")  # it stopped cleanly: the re-add came within shutdown_timeout
+    wait_one_connection_each(sim, [0, 1, 2, 3])
+    sim.mutate(count=6, remainder=2, divisor=4)
+    daemon.wait_converged(2)
+
+
+def test_sighup_backoff_max_reaches_running_workers(sim_factory: Callable[..., Simulator],
+                                                    daemon_factory: Callable[..., Daemon]) -> None:
+    """A reload changing only supervisor.backoff_max restarts every worker with it: once the server is gone,
+    each new worker's reconnect delays stay under the new cap, where the old cap would have let them grow."""
+    sim = sim_factory()
+    supervisor = {"backoff_initial": 0.1, "backoff_max": 30.0}
+    daemon = daemon_factory(sim, sections={"supervisor": supervisor})
+    daemon.wait_live()
+    first = daemon.pids()
+
+    reloaded = _reload(daemon, sections={"supervisor": {**supervisor, "backoff_max": 0.25}})
+    assert reloaded["restarted"] == [0, 1, 2, 3]
+    wait_until(lambda: all(p is not None and p != first[r] for r, p in daemon.pids().items()), 10,
+               "every worker restarted")
+    second = daemon.wait_live()
+    new_pids = {s["pid"] for s in second.values()}
+    assert not new_pids & set(first.values())
+
+    sim.stop()  # every reconnect now fails at once: attempts 1, 2, 3... back off up to the cap
+
+    def delays() -> dict[int, list[float]]:
+        out: dict[int, list[float]] = {pid: [] for pid in new_pids}
+        for line in daemon.events("session_ended"):
+            if line.get("pid") in out:
+                out[line["pid"]].append(line["reconnect_in"])
+        return out
+
+    enough = wait_until(lambda: (d := delays()) and all(len(v) >= 6 for v in d.values()) and d, 20,
+                        "six failed reconnects per worker")
+    for pid, seen in enough.items():
+        # With the old cap (30 s) attempt 5 would wait at least 0.1 * 2**4 / 2 = 0.8 s.
+        assert max(seen[:6]) <= 0.25, (pid, seen)
+
+
 # --- status and workers ------------------------------------------------------------------------
 
 

@@ -17,7 +17,6 @@ from shardsync.config import (
     load_config,
     parse_settings,
     render_settings,
-    shard_key,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -486,20 +485,6 @@ def test_render_shows_resolved_values() -> None:
     assert shown["tradovate"]["device_id"] == derive_device_id("machine-1", "svc")
     assert shown["tradovate"]["ws_url"] == "wss://demo.tradovateapi.com/v1/websocket"
     assert shown["credentials"]["file"] == ""
-
-
-def test_shard_key_tracks_worker_settings_only() -> None:
-    """shard_key changes with entity_types or sink, but not with log level, status or renewal timing."""
-    base = parse({})
-    key = shard_key(base, 0)
-    hash(key)
-    assert shard_key(parse({"log": {"level": "debug"}}), 0) == key
-    assert shard_key(parse({"status": {"listen": ""}}), 0) == key
-    assert shard_key(parse({"tradovate": {"app_id": "a", "cid": 1, "renew_before": 60.0}}), 0) == key
-    assert shard_key(parse({"sync": {"entity_types": ["user"]}}), 0) != key
-    assert shard_key(parse({"sink": {"path": "./other"}}), 0) != key
-    assert shard_key(parse({"supervisor": {"heartbeat_interval": 2.0}}), 0) != key
-    assert shard_key(base, 1) != key
 
 
 # --- shipped files ----------------------------------------------------------------

@@ -74,3 +74,16 @@ def test_a_waiting_permit_beat_read_after_the_grant_keeps_the_slot() -> None:
     assert gate.grant(0.1) == []
     gate.report(0, "syncing")
     assert gate.grant(0.2) == [1]
+
+
+def test_reconfigure_keeps_waiting_and_holding_shards() -> None:
+    """New limits from a reload keep the queue and the holders: a worker that asked before still gets its permit."""
+    gate = PermitGate(max_concurrent=1, spacing=0.0, hold_max=10.0)
+    gate.request(0, 0.0)
+    gate.request(1, 0.0)
+    assert gate.grant(0.0) == [0]
+    gate.reconfigure(max_concurrent=2, spacing=0.0, hold_max=10.0)
+    assert (gate.in_flight, gate.waiting) == (1, 1)
+    assert gate.grant(0.1) == [1]
+    with pytest.raises(ValueError, match="invalid"):
+        gate.reconfigure(max_concurrent=0, spacing=0.0, hold_max=10.0)

@@ -1,4 +1,4 @@
-"""Unit tests for the restart policy: backoff, stable reset, parking, global breaker, hang deadline."""
+"""Unit tests for the restart policy: backoff, stable reset, parking, global breaker."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from shardsync.supervisor.policy import (
     Park,
     Restart,
     RestartPolicy,
-    heartbeat_deadline,
 )
 
 
@@ -336,32 +335,6 @@ def test_rejects_invalid_parameters(overrides: dict[str, Any]) -> None:
     """Nonsensical limits fail at construction, not as a restart storm later."""
     with pytest.raises(ValueError, match="invalid"):
         make(**overrides)
-
-
-# -- heartbeat deadline ------------------------------------------------------------------
-
-
-def test_heartbeat_deadline_before_first_beat_is_the_grace() -> None:
-    """Before any heartbeat the worker has first_grace from its start, whatever the timeout."""
-    assert (
-        heartbeat_deadline(last_beat=None, started=100.0, interval=1.0, timeout=10.0, first_grace=30.0, busy_for=0.0)
-        == 130.0
-    )
-
-
-def test_heartbeat_deadline_after_a_beat_is_the_timeout() -> None:
-    """After a beat with no announced blocking step the deadline is last_beat + timeout."""
-    assert (
-        heartbeat_deadline(last_beat=200.0, started=100.0, interval=1.0, timeout=10.0, first_grace=30.0, busy_for=0.0)
-        == 210.0
-    )
-
-
-def test_heartbeat_deadline_extends_for_announced_busy_steps() -> None:
-    """A worker announcing a blocking step gets busy_for + interval, but never less than the timeout."""
-    kw: dict[str, Any] = {"started": 0.0, "interval": 1.0, "timeout": 10.0, "first_grace": 30.0}
-    assert heartbeat_deadline(last_beat=200.0, busy_for=45.0, **kw) == 246.0
-    assert heartbeat_deadline(last_beat=200.0, busy_for=3.0, **kw) == 210.0
 
 
 # -- property ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests for the parent's status listener, its metrics and the `shardsync status` client."""
+"""Tests for the status model and renderings, the parent's status listener (httpd), metrics and `shardsync status`."""
 
 # ruff: noqa: S105 - fake secrets are the point of the redaction test
 
@@ -23,7 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shardsync import secrets, statusclient
 from shardsync.supervisor import metrics
-from shardsync.supervisor.status import MAX_HEAD, ShardStatus, StatusServer, StatusSnapshot
+from shardsync.supervisor.httpd import MAX_HEAD, StatusServer
+from shardsync.supervisor.status import ShardStatus, StatusSnapshot, status_line, summarize
 
 SHARDS = (
     ShardStatus(
@@ -52,8 +53,7 @@ class Loop:
 
     def step(self) -> None:
         for key, mask in self.selector.select(0.01):
-            assert self.server.owns(key)
-            self.server.handle(self.selector, key, mask)
+            key.data(mask)  # as the arbiter dispatches: the key's data is its handler
 
     def pump(self, until: Callable[[], bool], timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -434,17 +434,23 @@ def test_ipv6_listener() -> None:
         server.close()
 
 
-def test_owns_only_its_own_keys(loop: Loop) -> None:
-    """owns() is false for a key another part of the loop registered."""
-    r, w = socket.socketpair()
+def test_every_key_carries_its_own_handler(loop: Loop) -> None:
+    """The listener's and each client's selector key hold a callable handler, so the loop needs no tags."""
+    client = loop.connect()
     try:
-        key = loop.selector.register(r, selectors.EVENT_READ, "worker pipe")
-        assert not loop.server.owns(key)
-        assert loop.server.owns(loop.selector.get_key(loop.server._listener))
+        loop.pump(lambda: loop.server.connections == 1)
+        keys = list(loop.selector.get_map().values())
+        assert len(keys) == 2
+        assert all(callable(key.data) for key in keys)
     finally:
-        loop.selector.unregister(r)
-        r.close()
-        w.close()
+        client.close()
+
+
+def test_status_line_counts_live_backoff_parked_then_the_rest() -> None:
+    """The STATUS= line reads live/total, backoff, parked, then every other state with a count."""
+    summary = summarize([("live", False), ("live", False), ("backoff", False), ("syncing", False), ("live", True)])
+    assert status_line(summary) == "2/5 live, 1 backoff, 1 parked, 1 syncing"
+    assert status_line(summarize([("live", False)])) == "1/1 live, 0 backoff, 0 parked"
 
 
 # -- the client ------------------------------------------------------------------

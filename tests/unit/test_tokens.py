@@ -15,6 +15,8 @@ from shardsync.supervisor.tokens import (
     DoRenew,
     Fatal,
     Nothing,
+    Rejected,
+    Resend,
     TokenChanged,
     TokenKeeper,
     Wait,
@@ -274,6 +276,30 @@ def test_need_token_coalesces_sixteen_workers_into_one_renewal() -> None:
         keeper.need_token(fp, now + 1)
     assert keeper.due(now + 1) is None
     assert keeper.next_at() == now + 4800 - 900
+
+
+def test_on_rejected_older_token_is_answered_with_the_current_one() -> None:
+    """A worker refused an older token gets the current token and expiry back, and no renewal is scheduled."""
+    keeper = logged_in()
+    answer = keeper.on_rejected(fingerprint("some-old-token"), T0 + 5)
+    assert answer == Resend("tok-1", T0 + 4800)
+    assert "tok-1" not in repr(answer)
+    assert keeper.due(T0 + 5) is None
+
+
+def test_on_rejected_current_token_schedules_one_renewal() -> None:
+    """A worker refused the current token is told Rejected and the keeper renews now, once."""
+    keeper = logged_in()
+    assert keeper.on_rejected(fingerprint("tok-1"), T0 + 5) == Rejected()
+    assert keeper.on_rejected(fingerprint("tok-1"), T0 + 5) == Rejected()
+    assert keeper.due(T0 + 5) == DoRenew("tok-1")
+
+
+def test_on_rejected_without_any_token_is_rejected() -> None:
+    """Before the first grant there is nothing to resend: the answer is Rejected and the login stays due."""
+    keeper = make()
+    assert keeper.on_rejected("", T0) == Rejected()
+    assert keeper.due(T0) == DoLogin(None)
 
 
 def test_need_token_with_old_fingerprint_does_nothing() -> None:

@@ -31,7 +31,6 @@ from shardsync.config.models import (
     SyncSettings,
     TradovateSettings,
 )
-from shardsync.config.shardkey import shard_key
 from shardsync.config.values import mask_dsn, parse_remainders
 
 __all__ = [
@@ -52,5 +51,4 @@ __all__ = [
     "parse_settings",
     "read_machine_id",
     "render_settings",
-    "shard_key",
 ]

@@ -1,1 +1,12 @@
-"""supervisor."""
+"""The parent process: one single-threaded loop supervising one worker per shard.
+
+- ``arbiter``: the loop, signals, shutdown, reload, status listener; orchestrates only.
+- ``table`` / ``shard``: the shard table and one shard's worker (fork, pipes, exit).
+- ``timers``: every deadline of the loop, one object each, in one list.
+- decisions, pure: ``policy`` (restarts), ``hang``, ``readiness``, ``tokens``, ``permits``,
+  ``reload`` (the planner), ``options`` (what a worker depends on).
+- ``login`` / ``authcall``: the one login, run in short-lived helper processes.
+- ``processes``: fork, pidfd, kill, waitpid in one injectable value (unit tests fake it).
+- ``status`` (model), ``metrics`` and ``httpd`` (the listener); ``notify`` (sd_notify); ``signals``.
+- ``child``: the forked worker's bootstrap (moving to ``worker/boot.py``).
+"""

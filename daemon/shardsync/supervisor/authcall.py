@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import orjson
@@ -28,12 +29,15 @@ from shardsync.supervisor.tokens import Action, DoLogin, DoRenew
 class AuthCall:
     """A forked child doing one ``Action``; the parent reads its outcome from ``fd``."""
 
-    def __init__(self, action: Action, pid: int, fd: int, deadline: float) -> None:
+    def __init__(
+        self, action: Action, pid: int, fd: int, deadline: float, *, kill: Callable[[int, int], None] = os.kill
+    ) -> None:
         self.action = action
         self.pid = pid
         self.fd = fd
         self.deadline = deadline
         self._data = bytearray()
+        self._kill = kill
         self.exited = False
 
     @classmethod
@@ -67,7 +71,7 @@ class AuthCall:
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
+            self._kill(self.pid, signal.SIGKILL)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

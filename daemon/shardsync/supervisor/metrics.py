@@ -8,16 +8,13 @@ metric objects that outlive a shard, no series left behind by a removed shard.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from shardsync.ipc import ShardState
-
-if TYPE_CHECKING:
-    from shardsync.supervisor.status import StatusSnapshot
+from shardsync.supervisor.status import StatusSnapshot
 
 __all__ = ["CONTENT_TYPE", "KNOWN_STATES", "ShardCollector", "render"]
 

@@ -9,8 +9,12 @@ the last bound keeps a lost report from shrinking the pool forever.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from shardsync.ipc import ShardState
+
+if TYPE_CHECKING:
+    from shardsync.config import Settings
 
 HANDSHAKE_STATES = frozenset({ShardState.CONNECTING, ShardState.AUTHORIZING})
 #: States that do not end a granted permit: the handshake itself, and "waiting_permit"
@@ -23,15 +27,28 @@ class PermitGate:
     """FIFO of waiting shards; grants at most ``max_concurrent`` at once, ``spacing`` apart."""
 
     def __init__(self, *, max_concurrent: int, spacing: float, hold_max: float) -> None:
+        self.reconfigure(max_concurrent=max_concurrent, spacing=spacing, hold_max=hold_max)
+        self._waiting: OrderedDict[int, float] = OrderedDict()
+        self._in_flight: dict[int, float] = {}
+        self._last_grant = float("-inf")
+        self.peak = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PermitGate:
+        """The gate of ``[supervisor]``; a permit is held at most two handshake timeouts."""
+        return cls(**_limits(settings))
+
+    def reconfigure_from(self, settings: Settings) -> None:
+        """:meth:`reconfigure` with the limits of ``settings``."""
+        self.reconfigure(**_limits(settings))
+
+    def reconfigure(self, *, max_concurrent: int, spacing: float, hold_max: float) -> None:
+        """New limits (a reload); who waits and who holds is kept, since a worker asks only once."""
         if max_concurrent < 1 or spacing < 0 or hold_max <= 0:
             raise ValueError("invalid permit limits")
         self.max_concurrent = max_concurrent
         self.spacing = spacing
         self.hold_max = hold_max
-        self._waiting: OrderedDict[int, float] = OrderedDict()
-        self._in_flight: dict[int, float] = {}
-        self._last_grant = float("-inf")
-        self.peak = 0
 
     def request(self, remainder: int, now: float) -> None:
         # A worker asks once per connect; asking again while holding one means
@@ -82,3 +99,17 @@ class PermitGate:
     @property
     def waiting(self) -> int:
         return len(self._waiting)
+
+
+def _limits(settings: Settings) -> _Limits:
+    return {
+        "max_concurrent": settings.supervisor.max_concurrent_connects,
+        "spacing": settings.supervisor.connect_spacing,
+        "hold_max": 2 * settings.tradovate.handshake_timeout,
+    }
+
+
+class _Limits(TypedDict):
+    max_concurrent: int
+    spacing: float
+    hold_max: float

@@ -57,7 +57,6 @@ __all__ = [
     "Park",
     "Restart",
     "RestartPolicy",
-    "heartbeat_deadline",
 ]
 
 
@@ -232,19 +231,3 @@ class RestartPolicy:
 
     def _tripped(self, failing: int) -> bool:
         return failing >= 2 and failing * 2 > len(self._configured)
-
-
-def heartbeat_deadline(
-    *, last_beat: float | None, started: float, interval: float, timeout: float, first_grace: float, busy_for: float
-) -> float:
-    """When a shard with no further heartbeat counts as hung.
-
-    Before the first beat the worker is still connecting, so it gets
-    ``first_grace`` from ``started``.  After it, ``timeout`` from the last beat,
-    stretched to ``busy_for + interval`` when the worker announced a blocking
-    step (TLS handshake, big sink commit): a slow but progressing worker is not
-    killed (uvicorn #2506), while a wedged loop still misses its deadline.
-    """
-    if last_beat is None:
-        return started + first_grace
-    return last_beat + max(timeout, busy_for + interval)

@@ -1,4 +1,10 @@
-"""The parent's handle on one shard: its worker process, pipes, deadlines and last heartbeat."""
+"""The parent's handle on one shard: its worker process, pipes, deadlines and last heartbeat.
+
+A :class:`Shard` owns everything about its worker's lifetime: :meth:`Shard.start`
+makes the pipes, forks (through the injected :class:`Processes`), watches the
+pipe and pidfd in the loop's selector; :meth:`Shard.detach` closes it all
+again after the reap.  The arbiter only decides when.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,18 @@ import contextlib
 import os
 import selectors
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 from shardsync import ipc
 from shardsync.ipc import ShardState
+from shardsync.supervisor.processes import Launch, Processes
+from shardsync.supervisor.reload import Row, Then
+from shardsync.supervisor.status import ShardStatus
 from shardsync.worker.options import WorkerOptions
 
-#: What the parent does once the current worker is reaped.
-Then = Literal["policy", "restart", "remove"]
+#: A selector key's handler: called with the ready mask.
+Handler = Callable[[int], None]
 
 
 @dataclass(eq=False)
@@ -23,7 +32,7 @@ class Shard:
 
     remainder: int
     options: WorkerOptions
-    key: object
+    procs: Processes = field(default_factory=Processes, repr=False)
     pid: int | None = None
     pidfd: int | None = None
     inbox_w: int | None = None
@@ -42,7 +51,7 @@ class Shard:
     kill_at: float | None = None
     hung: bool = False
     ever_live: bool = False
-    then: Then = "policy"
+    then: Then = Then.POLICY
     last_error: str | None = None
     events_per_s: float = 0.0
     _rate_mark: tuple[float, int] | None = field(default=None, repr=False)
@@ -59,6 +68,79 @@ class Shard:
         if self.hung:
             return ShardState.HUNG
         return self.phase
+
+    def start(self, *, now: float, wall: float, parent_pid: int, selector: selectors.BaseSelector,
+              on_output: Handler, on_exit: Handler) -> int:
+        """Fork this shard's worker (the old one, if any, is already reaped) and watch it; returns its pid."""
+        assert self.pid is None, "never two workers for one remainder"
+        inbox_r, inbox_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = self.procs.fork_worker(Launch(self.options, self.remainder, parent_pid, inbox_r, out_w))
+        except BaseException:
+            _close(inbox_w)
+            _close(out_r)
+            raise
+        finally:
+            # The child's ends: its copies are all it needs.
+            _close(inbox_r)
+            _close(out_w)
+        os.set_blocking(out_r, False)
+        os.set_blocking(inbox_w, False)
+        self.pid = pid
+        self.inbox_w = inbox_w
+        self.outbox = ipc.Reader(out_r)
+        self.started_at = now
+        self.started_wall = wall
+        self.phase = ShardState.STARTING
+        self.next_start_at = None
+        self.parked = False
+        self.then = Then.POLICY
+        selector.register(out_r, selectors.EVENT_READ, on_output)
+        try:
+            self.pidfd = self.procs.pidfd_open(pid)
+            selector.register(self.pidfd, selectors.EVENT_READ, on_exit)
+        except OSError:
+            self.pidfd = None  # old kernel: SIGCHLD still wakes the loop
+        return pid
+
+    def row(self) -> Row:
+        """This shard as the reload planner sees it."""
+        return Row(self.options, running=self.running, then=self.then)
+
+    # --- what the hang verdict watches (hang.Watched), read on every pass of the loop ---
+
+    @property
+    def started(self) -> float:
+        return self.started_at
+
+    @property
+    def busy_for(self) -> float:
+        return self.beat.busy_for if self.beat is not None else 0.0
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_requested or self.hung
+
+    def status(self, now: float) -> ShardStatus:
+        """This shard's line of /status at ``now``."""
+        beat = self.beat
+        return ShardStatus(
+            remainder=self.remainder,
+            state=self.state,
+            pid=self.pid,
+            uptime=round(now - self.started_at, 3) if self.running else None,
+            restarts=self.restarts,
+            parked=self.parked,
+            last_heartbeat_age=None if self.last_beat is None else round(now - self.last_beat, 3),
+            events_per_s=round(self.events_per_s, 1),
+            events=beat.events if beat else 0,
+            entities=beat.entities if beat else 0,
+            reconnects=beat.reconnects if beat else 0,
+            last_error=self.last_error,
+            next_restart_in=None if self.running or self.next_start_at is None
+            else round(max(0.0, self.next_start_at - now), 3),
+        )
 
     def on_beat(self, beat: ipc.Heartbeat, now: float) -> None:
         self.beat = beat
@@ -85,7 +167,7 @@ class Shard:
         if self.pid is None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, sig)
+            self.procs.kill(self.pid, sig)
 
     def detach(self, selector: selectors.BaseSelector) -> list[ipc.Message]:
         """After the worker is reaped: drain its last messages, close every fd, forget the pid."""

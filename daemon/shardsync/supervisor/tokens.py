@@ -19,9 +19,9 @@ Rules:
   ``lockout_backoff``;
 * errorText before any login ever succeeded is :class:`Fatal` (wrong
   credentials: exit, do not loop); later it waits ``lockout_backoff``;
-* a worker's 401 (:meth:`TokenKeeper.need_token`) on the current token
-  triggers one renewal now, however many workers ask; an older token's
-  fingerprint is ignored (the loop hands out the current one).
+* a worker's 401 (:meth:`TokenKeeper.on_rejected`) on an older token is
+  answered with the current one (:class:`Resend`); on the current token it
+  triggers one renewal now, however many workers ask (:class:`Rejected`).
 
 Never two calls in flight: :meth:`due` returns nothing between
 :meth:`started` and :meth:`finished`.
@@ -48,11 +48,14 @@ from shardsync.secrets import fingerprint, masked_repr
 
 __all__ = [
     "Action",
+    "Answer",
     "DoLogin",
     "DoRenew",
     "Event",
     "Fatal",
     "Nothing",
+    "Rejected",
+    "Resend",
     "TokenChanged",
     "TokenKeeper",
     "Wait",
@@ -117,6 +120,26 @@ class Nothing:
 
 
 Event = TokenChanged | Fatal | Wait | Nothing
+
+
+# --- answers to a worker's 401 ---------------------------------------------------------------
+
+
+@masked_repr("token")
+@dataclass(frozen=True, slots=True)
+class Resend:
+    """The worker was refused an older token: hand it the current one."""
+
+    token: str
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The current token (or none) was refused: a renewal is scheduled if Tradovate lets us make one."""
+
+
+Answer = Resend | Rejected
 
 
 # --- the keeper -------------------------------------------------------------------------------
@@ -243,6 +266,13 @@ class TokenKeeper:
                 return self._failed(action, reason, now)
             case _:
                 return self._failed(action, f"unexpected outcome {type(outcome).__name__}", now)
+
+    def on_rejected(self, rejected_fingerprint: str, now: float) -> Answer:
+        """A worker's authorize got 401 with the token of this fingerprint: what the loop tells it."""
+        if self.token is not None and fingerprint(self.token) != rejected_fingerprint:
+            return Resend(self.token, self.expires_at or 0.0)
+        self.need_token(rejected_fingerprint, now)
+        return Rejected()
 
     def need_token(self, rejected_fingerprint: str, now: float) -> None:
         """A worker's authorize got 401 with this token: renew now, once (an older token: ignore)."""

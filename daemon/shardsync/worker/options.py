@@ -1,10 +1,12 @@
-"""What one worker needs to know, taken from the validated settings."""
+"""What one worker needs to know: the one value the parent hands a forked worker.
+
+The parent builds it from the settings (``shardsync.supervisor.options``); the
+worker reads nothing else, so this is also what a reload compares.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from shardsync.config import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,25 +39,3 @@ class WorkerOptions:
     flush_interval: float = 0.05
     #: Ask the parent for a connect permit before every connect.
     permits: bool = True
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: object) -> WorkerOptions:
-        t, s, sup, sink = settings.tradovate, settings.sync, settings.supervisor, settings.sink
-        values: dict[str, object] = {
-            "ws_url": t.ws_url,
-            "divisor": s.divisor,
-            "expression": s.expression,
-            "entity_types": tuple(s.entity_types),
-            "split_responses": s.split_responses,
-            "ca_file": t.ca_file,
-            "handshake_timeout": t.handshake_timeout,
-            "idle_timeout": t.idle_timeout,
-            "heartbeat_interval": sup.heartbeat_interval,
-            "backoff_initial": sup.backoff_initial,
-            "backoff_max": sup.backoff_max,
-            "sink_kind": sink.kind,
-            "sink_path": sink.path,
-            "sink_dsn": sink.dsn,
-        }
-        values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]

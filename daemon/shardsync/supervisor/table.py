@@ -1,0 +1,265 @@
+"""The shard table: every shard of this host and the lifetime of its worker.
+
+Forks (through :meth:`Shard.start`), the worker's messages, its exit and what
+follows it (the restart policy's decision, or the reload's), hang verdicts
+and reload steps are carried out here; the decisions come from ``policy.py``,
+``hang.py``, ``tokens.py``, ``permits.py`` and ``reload.py``.  The arbiter
+owns the loop and calls in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import random
+import selectors
+import signal
+from collections.abc import Callable
+
+from shardsync import ipc
+from shardsync.config import Settings
+from shardsync.ipc import ShardState
+from shardsync.logs import get_logger
+from shardsync.supervisor.hang import Hung, Kill, Limits, Verdict
+from shardsync.supervisor.login import Login
+from shardsync.supervisor.permits import PermitGate
+from shardsync.supervisor.policy import Escalate, Park, Restart, RestartPolicy
+from shardsync.supervisor.processes import Processes, describe
+from shardsync.supervisor.reload import Step, Then
+from shardsync.supervisor.shard import Shard
+from shardsync.supervisor.status import ShardStatus, status_line, summarize
+from shardsync.supervisor.tokens import Resend
+from shardsync.worker.options import WorkerOptions
+
+__all__ = ["ShardTable"]
+
+
+class ShardTable:
+    """The shards by remainder, their restart policy, connect permits and heartbeat limits."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        procs: Processes,
+        selector: selectors.BaseSelector,
+        clock: Callable[[], float],
+        wall: Callable[[], float],
+        rng: random.Random,
+        parent_pid: int,
+        login: Login,
+        reap: Callable[[], None],
+        on_breaker: Callable[[str], None],
+    ) -> None:
+        self.settings = settings
+        self.procs = procs
+        self.selector = selector
+        self.clock = clock
+        self.wall = wall
+        self.rng = rng
+        self.login = login
+        self._reap = reap
+        self.on_breaker = on_breaker
+        self.log = get_logger("shardsync.supervisor")
+        self.pid = parent_pid
+        self.shards: dict[int, Shard] = {}
+        self.policy = RestartPolicy.from_settings(settings.supervisor, rng)
+        self.permits = PermitGate.from_settings(settings)
+        self.limits = Limits.from_settings(settings.supervisor)
+        #: Set at shutdown: exits are final, nothing is restarted.
+        self.stopping = False
+
+    def configure(self, new: Settings) -> None:
+        """A reload's settings: a new restart policy and heartbeat limits if they changed; permits keep their queue."""
+        if new.supervisor != self.settings.supervisor:
+            self.policy = RestartPolicy.from_settings(new.supervisor, self.rng)
+            self.limits = Limits.from_settings(new.supervisor)
+        self.permits.reconfigure_from(new)
+        self.policy.set_shards(new.sync.remainders)
+        self.settings = new
+
+    # --- queries ---------------------------------------------------------------------
+
+    def any_running(self) -> bool:
+        return any(s.running for s in self.shards.values())
+
+    def all_live(self) -> bool:
+        """Every configured shard has been live at least once."""
+        return bool(self.shards) and all(s.ever_live for s in self.shards.values())
+
+    def status_line(self) -> str:
+        # Runs on every pass of the loop: counts only, not a whole snapshot.
+        return status_line(summarize((s.state, s.parked) for s in self.shards.values()))
+
+    def statuses(self, now: float) -> tuple[ShardStatus, ...]:
+        return tuple(s.status(now) for s in sorted(self.shards.values(), key=lambda s: s.remainder))
+
+    # --- workers ---------------------------------------------------------------------
+
+    def add(self, remainder: int, options: WorkerOptions) -> Shard:
+        """A new shard; its worker is forked from the loop (RestartsDue), a few per pass."""
+        shard = Shard(remainder, options, self.procs)
+        shard.next_start_at = self.clock()
+        self.shards[remainder] = shard
+        return shard
+
+    def spawn(self, shard: Shard) -> None:
+        now = self.clock()
+        pid = shard.start(now=now, wall=self.wall(), parent_pid=self.pid, selector=self.selector,
+                          on_output=functools.partial(self.read_worker, shard), on_exit=self.on_exit_fd)
+        self.policy.on_start(shard.remainder, now)
+        token, expires_at = self.login.keeper.token, self.login.keeper.expires_at
+        if token is not None:
+            shard.tell(ipc.Token(token, expires_at or 0.0))
+        self.log.info("shard_started", shard=shard.remainder, worker_pid=pid, restarts=shard.restarts)
+
+    def on_exit_fd(self, mask: int) -> None:
+        """A pidfd turned readable: the parent's reap (of every child, not only workers) collects the exit."""
+        self._reap()
+
+    def read_worker(self, shard: Shard, mask: int = selectors.EVENT_READ) -> None:
+        if shard.outbox is None:
+            return  # reaped earlier in this same wakeup; its pipe is closed
+        try:
+            messages = shard.outbox.read()
+        except ipc.IPCError as exc:
+            self.log.error("worker_pipe_corrupt", shard=shard.remainder, error=str(exc))
+            shard.signal(signal.SIGKILL)
+            return
+        now = self.clock()
+        for message in messages:
+            self.on_message(shard, message, now)
+        if shard.outbox.eof:
+            # The worker is exiting; its pidfd or SIGCHLD brings the exit.
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(shard.outbox.fd)
+
+    def on_message(self, shard: Shard, message: ipc.Message, now: float) -> None:
+        if isinstance(message, ipc.Heartbeat):
+            was_live = shard.ever_live
+            shard.on_beat(message, now)
+            self.permits.report(shard.remainder, message.state)
+            if shard.ever_live and not was_live:
+                self.log.info("shard_live", shard=shard.remainder, entities=message.entities)
+        elif isinstance(message, ipc.NeedPermit):
+            self.permits.request(shard.remainder, now)
+        elif isinstance(message, ipc.NeedToken):
+            answer = self.login.keeper.on_rejected(message.rejected, self.wall())
+            if isinstance(answer, Resend):
+                shard.tell(ipc.Token(answer.token, answer.expires_at))
+            else:
+                self.log.warning("token_rejected_by_server", shard=shard.remainder)
+        elif isinstance(message, ipc.Hello) and (message.pid != shard.pid or message.remainder != shard.remainder):
+            self.log.error("worker_hello_mismatch", shard=shard.remainder, hello=repr(message))
+
+    def exited(self, pid: int, status: int) -> bool:
+        """``pid`` was reaped: handle it if it was a worker (and say so)."""
+        shard = next((s for s in self.shards.values() if s.pid == pid), None)
+        if shard is None:
+            return False
+        self.on_exit(shard, status)
+        return True
+
+    def on_exit(self, shard: Shard, status: int) -> None:
+        now = self.clock()
+        expected = shard.stop_requested
+        hung = shard.hung
+        for message in shard.detach(self.selector):
+            self.on_message(shard, message, now)
+        shard.beat = None
+        self.permits.forget(shard.remainder)
+        how = describe(status)
+        uptime = round(now - shard.started_at, 3)
+        if expected:
+            self.log.info("shard_stopped", shard=shard.remainder, status=how, uptime=uptime)
+        else:
+            self.log.warning("shard_exited", shard=shard.remainder, status=how, uptime=uptime, hung=hung)
+            shard.last_error = f"worker {how}" + (" (hung)" if hung else "")
+        if self.stopping:
+            shard.phase = ShardState.STOPPED
+            return
+        then, shard.then = shard.then, Then.POLICY
+        if then is Then.REMOVE:
+            del self.shards[shard.remainder]
+            self.policy.forget(shard.remainder)
+            self.policy.set_shards(self.shards)
+            return
+        if then is Then.RESTART:
+            self.policy.on_exit(shard.remainder, now, expected=True)
+            shard.phase = ShardState.STARTING
+            shard.next_start_at = now
+            return
+        self.apply_policy(shard, self.policy.on_exit(shard.remainder, now, expected=expected), now)
+
+    def apply_policy(self, shard: Shard, decision: Restart | Park | Escalate | None, now: float) -> None:
+        if decision is None:
+            shard.phase = ShardState.EXITED
+            return
+        shard.restarts += 1
+        if isinstance(decision, Restart):
+            shard.phase = ShardState.BACKOFF
+            shard.next_start_at = decision.at
+            self.log.info("shard_restart_scheduled", shard=shard.remainder, delay=round(decision.delay, 3),
+                          attempt=decision.attempt)
+        elif isinstance(decision, Park):
+            shard.phase = ShardState.PARKED
+            shard.parked = True
+            shard.next_start_at = decision.until
+            self.log.error("shard_parked", shard=shard.remainder, reason=decision.reason,
+                           retry_in=round(decision.until - now, 1))
+        else:
+            self.log.critical("global_breaker_tripped", reason=decision.reason)
+            self.on_breaker("global breaker")
+
+    def carry_out(self, shard: Shard, verdict: Verdict) -> None:
+        """A hang verdict for a running worker: SIGTERM when judged hung, SIGKILL once its grace is over."""
+        if isinstance(verdict, Kill):
+            self.log.warning("shard_killed", shard=shard.remainder, worker_pid=shard.pid)
+            shard.signal(signal.SIGKILL)
+            shard.kill_at = None
+        elif isinstance(verdict, Hung):
+            age = None if verdict.last_beat_age is None else round(verdict.last_beat_age, 3)
+            self.log.error("shard_hung", shard=shard.remainder, worker_pid=shard.pid, last_heartbeat_age=age)
+            shard.hung = True
+            shard.signal(signal.SIGTERM)
+            shard.kill_at = verdict.kill_at
+
+    def grant_permits(self, now: float) -> None:
+        for remainder in self.permits.grant(now):
+            holder = self.shards.get(remainder)
+            if holder is not None and holder.running:
+                holder.tell(ipc.Permit())
+
+    def hand_out_token(self, token: str, expires_at: float) -> None:
+        for shard in self.shards.values():
+            if shard.running:
+                shard.tell(ipc.Token(token, expires_at))
+
+    # --- stop and reload ---------------------------------------------------------------
+
+    def stop_all(self, now: float) -> None:
+        """Shutdown: every worker is asked to stop, SIGKILL after shutdown_timeout; nothing restarts."""
+        self.stopping = True
+        for shard in self.shards.values():
+            shard.request_stop(now, self.settings.supervisor.shutdown_timeout)
+
+    def kill_all(self) -> None:
+        for shard in self.shards.values():
+            if shard.running:
+                shard.signal(signal.SIGKILL)
+
+    def carry_out_step(self, step: Step, now: float) -> None:
+        """One remainder's step of a reload plan, exactly as planned."""
+        shard = self.shards.get(step.remainder)
+        if step.row is None:
+            if shard is not None:
+                del self.shards[step.remainder]
+                self.policy.forget(step.remainder)
+            return
+        if shard is None:
+            shard = self.add(step.remainder, step.row.options)
+        shard.options, shard.then = step.row.options, step.row.then
+        if step.stop_worker:
+            shard.request_stop(now, self.settings.supervisor.shutdown_timeout)
+        if step.start_now:
+            shard.next_start_at = now
