@@ -25,7 +25,7 @@ from collections.abc import (
 )
 from typing import Any
 
-from shardsync.change import EVENT_TYPES, Change, Entity, Key, Origin
+from shardsync.change import ACCOUNT_KEYED_TYPES, ACCOUNT_VIA, EVENT_TYPES, Change, Entity, Key, Origin
 
 __all__ = ["Entity", "Key", "Mirror", "MirrorError", "key_of"]
 
@@ -62,6 +62,12 @@ class Mirror:
       both as upserts.
     * The first snapshot has origin ``snapshot``; later ones, and any snapshot
       of a mirror preloaded with entities (a restarted worker), ``resync``.
+    * Every change carries its ``account_id``: the entity's own (``accountId``,
+      or the id of an account-keyed type), else its parent's through
+      :data:`~shardsync.change.ACCOUNT_VIA` (a fill through its order) as the
+      mirror holds it at that moment, deleted parents of the same snapshot
+      included.  A parent the mirror does not know gives None and counts in
+      :attr:`unattributed`.
     """
 
     __slots__ = (
@@ -73,6 +79,7 @@ class Mirror:
         "_pending",
         "_size",
         "_synced",
+        "unattributed",
     )
 
     def __init__(
@@ -103,6 +110,8 @@ class Mirror:
         self._counts = counts
         self._committed_counts = dict(counts)
         self._synced = self._committed_synced = bool(committed) if synced is None else synced
+        #: Changes of a type attributed through a parent (ACCOUNT_VIA) whose parent was unknown.
+        self.unattributed = 0
 
     # -- reading (committed + pending) ---------------------------------------
 
@@ -186,6 +195,9 @@ class Mirror:
                 (k, e) for k, e in pending.items() if e is not None and (k[0] not in scope or k not in snapshot)
             ]
         vanished.sort(key=_first)
+        # Attributed before the removals: a fill and its order may vanish together.
+        account = self._attribute
+        changes = [Change(origin, k[0], "Deleted", k[1], e, received_at, account(k[0], e)) for k, e in vanished]
 
         counts = self._counts
         for key, _ in vanished:
@@ -198,8 +210,8 @@ class Mirror:
             if not counts[entity_type]:
                 del counts[entity_type]
         self._size -= len(vanished)
-        changes = [Change(origin, k[0], "Deleted", k[1], e, received_at) for k, e in vanished]
 
+        orphans: list[Change] = []
         for key, entity in snapshot.items():
             if scope is not None and key[0] not in scope:
                 continue
@@ -208,7 +220,13 @@ class Mirror:
                 continue
             self._put(key, entity, current is not None)
             event_type = "Created" if current is None else "Updated"
-            changes.append(Change(origin, key[0], event_type, key[1], entity, received_at))
+            change = Change(origin, key[0], event_type, key[1], entity, received_at, account(key[0], entity, False))
+            if change.account_id is None and key[0] in ACCOUNT_VIA:
+                orphans.append(change)
+            changes.append(change)
+        # A second look once the whole snapshot is in: a parent may come later in it.
+        for change in orphans:
+            change.account_id = account(change.entity_type, change.entity)
         self._synced = True
         return changes
 
@@ -245,7 +263,10 @@ class Mirror:
                     return []
                 else:
                     self._put(key, entity, current is not None)
-                return [Change("live", entity_type, event_type, ident, entity, received_at)]
+                account = ident if entity_type in ACCOUNT_KEYED_TYPES else entity.get("accountId")
+                if type(account) is not int:
+                    account = self._attribute(entity_type, entity)
+                return [Change("live", entity_type, event_type, ident, entity, received_at, account)]
         keys = [key_of(entity_type, entity) for entity in entities]
         changes: list[Change] = []
         deleting = event_type == "Deleted"
@@ -259,12 +280,14 @@ class Mirror:
                 if current == entity:
                     continue
                 self._put(key, entity, current is not None)
-            changes.append(Change("live", entity_type, event_type, key[1], entity, received_at))
+            account = self._attribute(entity_type, entity)
+            changes.append(Change("live", entity_type, event_type, key[1], entity, received_at, account))
         return changes
 
     def system(self, name: str, payload: Any, *, received_at: str) -> Change:
         """A system or unknown event as a change record; the state is untouched."""
-        return Change("system", name, "Event", None, payload, received_at)
+        account = payload.get("accountId") if isinstance(payload, dict) else None
+        return Change("system", name, "Event", None, payload, received_at, account if type(account) is int else None)
 
     # -- batch boundaries -----------------------------------------------------
 
@@ -289,6 +312,27 @@ class Mirror:
         self._synced = self._committed_synced
 
     # -- internals ------------------------------------------------------------
+
+    def _attribute(self, entity_type: str, entity: Entity, count: bool = True) -> int | None:
+        """The account of ``entity``: its own, else its parent chain's as the mirror holds it now."""
+        for _ in range(4):  # the longest chain is commandReport -> command -> order
+            if entity_type in ACCOUNT_KEYED_TYPES:
+                account = entity.get("id")
+            else:
+                account = entity.get("accountId")
+            if type(account) is int:
+                return account
+            via = ACCOUNT_VIA.get(entity_type)
+            if via is None:
+                return None
+            parent_id = entity.get(via[0])
+            parent = self.get((via[1], parent_id)) if type(parent_id) is int else None
+            if parent is None:
+                break
+            entity_type, entity = via[1], parent
+        if count:
+            self.unattributed += 1
+        return None
 
     def _put(self, key: Key, entity: Entity, existed: bool) -> None:
         self._pending[key] = entity
