@@ -402,3 +402,15 @@ def test_v1_schema_is_upgraded_in_place(dsn: str, server: str) -> None:
     run(server, "CREATE DATABASE fresh_schema")
     open_(fresh).close()
     assert columns_of(fresh) == upgraded
+
+
+def test_rejected_changes_are_logged_and_never_applied(dsn: str) -> None:
+    """origin=rejected rows land in events (with their account) and never touch entities."""
+    with open_(dsn) as sink:
+        sink.write([change("Created", account(1))])
+        sink.write([Change("rejected", "account", "Updated", 1, {"id": 1, "bad": True}, AT, 1),
+                    Change("rejected", "position", "Created", None, [1, 2], AT)])
+        assert state(sink) == {("account", 1): account(1)}
+    assert query(dsn, "SELECT origin, entity_type, id, account_id FROM events ORDER BY shard_seq") == [
+        ("live", "account", 1, 1), ("rejected", "account", 1, 1), ("rejected", "position", None, None)
+    ]

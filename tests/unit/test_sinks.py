@@ -534,3 +534,30 @@ def test_jsonl_failed_append_is_cut_back(directory: Path, monkeypatch: pytest.Mo
         sink.write([change("Created", account(4))])
     with open_("jsonl", directory) as sink:
         assert set(state(sink)) == {("account", 1), ("account", 4)}
+
+
+def test_rejected_changes_are_logged_and_never_applied(kind: str, directory: Path) -> None:
+    """origin=rejected (a quarantined entity) is accepted whatever its shape and kept in the log only."""
+    with open_(kind, directory) as sink:
+        sink.write([change("Created", account(1))])
+        sink.write(
+            [
+                Change("rejected", "account", "Updated", 1, {"id": 1, "name": None, "bad": True}, AT, 1),
+                Change("rejected", "position", "Created", None, [{"no": "id"}], AT),
+                Change("rejected", "order", "Mangled", 5, "not an object", AT),
+            ]
+        )
+        assert state(sink) == {("account", 1): account(1)}
+    with open_(kind, directory) as again:
+        assert state(again) == {("account", 1): account(1)}
+    if kind == "sqlite":
+        assert rows(directory, "SELECT origin, entity_type, event_type, id, account_id FROM events ORDER BY seq") == [
+            ("live", "account", "Created", 1, 1),
+            ("rejected", "account", "Updated", 1, 1),
+            ("rejected", "position", "Created", None, None),
+            ("rejected", "order", "Mangled", 5, None),
+        ]
+    else:
+        assert [(line["origin"], line["entityType"]) for line in lines(directory)][1:] == [
+            ("rejected", "account"), ("rejected", "position"), ("rejected", "order")
+        ]
