@@ -252,6 +252,8 @@ class JsonlSink(Sink):
             os.fdatasync(fd)
         except OSError as exc:
             self._undo(fd, start)
+            # Its seqs are not handed out again: a follower may have seen the lines before the cut.
+            self._next_seq = seq + len(changes)
             raise SinkError(f"jsonl sink: {self.file}: batch of {len(changes)} not written: {exc.strerror}") from exc
         self._next_seq = seq + len(changes)
         self._size = start + len(buffer)
