@@ -45,6 +45,10 @@ def key_of(entity_type: str, entity: object) -> Key:
     return (entity_type, ident)
 
 
+#: "Not in the pending overlay" (None there means deleted).
+_ABSENT: Any = object()
+
+
 def _first(item: tuple[Key, Entity]) -> Key:
     return item[0]
 
@@ -265,7 +269,7 @@ class Mirror:
                     self._put(key, entity, current is not None)
                 account = ident if entity_type in ACCOUNT_KEYED_TYPES else entity.get("accountId")
                 if type(account) is not int:
-                    account = self._attribute(entity_type, entity)
+                    account = self._through_parent(entity_type, entity)
                 return [Change("live", entity_type, event_type, ident, entity, received_at, account)]
         keys = [key_of(entity_type, entity) for entity in entities]
         changes: list[Change] = []
@@ -315,21 +319,29 @@ class Mirror:
 
     def _attribute(self, entity_type: str, entity: Entity, count: bool = True) -> int | None:
         """The account of ``entity``: its own, else its parent chain's as the mirror holds it now."""
-        for _ in range(4):  # the longest chain is commandReport -> command -> order
-            if entity_type in ACCOUNT_KEYED_TYPES:
-                account = entity.get("id")
-            else:
-                account = entity.get("accountId")
+        account = entity.get("id") if entity_type in ACCOUNT_KEYED_TYPES else entity.get("accountId")
+        if type(account) is int:
+            return account
+        return self._through_parent(entity_type, entity, count)
+
+    def _through_parent(self, entity_type: str, entity: Entity, count: bool = True, depth: int = 0) -> int | None:
+        """The account of an entity without one of its own, from its parent chain (ACCOUNT_VIA)."""
+        via = ACCOUNT_VIA.get(entity_type)
+        if via is None:
+            return None  # a type that belongs to no account (user, contract...)
+        parent_type, parent_id = via[1], entity.get(via[0])
+        parent = None
+        if type(parent_id) is int:
+            key = (parent_type, parent_id)
+            parent = self._pending.get(key, _ABSENT)
+            if parent is _ABSENT:
+                parent = self._committed.get(key)
+        if parent is not None:
+            account = parent.get("id") if parent_type in ACCOUNT_KEYED_TYPES else parent.get("accountId")
             if type(account) is int:
                 return account
-            via = ACCOUNT_VIA.get(entity_type)
-            if via is None:
-                return None
-            parent_id = entity.get(via[0])
-            parent = self.get((via[1], parent_id)) if type(parent_id) is int else None
-            if parent is None:
-                break
-            entity_type, entity = via[1], parent
+            if depth < 3:  # the longest chain is commandReport -> command -> order
+                return self._through_parent(parent_type, parent, count, depth + 1)
         if count:
             self.unattributed += 1
         return None

@@ -82,7 +82,7 @@ def test_sqlite_v1_file_is_upgraded_keeping_its_rows(tmp_path: Path) -> None:
     schema, entities, events, version = dump(file)
     assert version == [(2,)]
     names = {name for _, name, _ in schema}
-    assert {"shard_status", "schema_version", "events_account_id_received_at"} <= names
+    assert {"shard_status", "schema_version", "events_received_at_account_id"} <= names
     assert [(t, i, a) for t, i, a, _, _ in entities] == [
         ("account", 7, 7), ("fill", 1, 7), ("fill", 2, None), ("fill", 3, 7), ("order", 10, 7)
     ]
