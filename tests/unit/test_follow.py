@@ -275,3 +275,14 @@ def test_a_damaged_cursor_file_is_refused(tmp_path: Path) -> None:
     bad.write_text("")
     with pytest.raises(CursorError, match="cannot read cursor"):
         Cursor(str(bad))
+
+
+def test_a_shard_file_without_tables_yet_is_taken_up_later(tmp_path: Path) -> None:
+    """A shard file that exists before its tables were committed is skipped, then followed from its start."""
+    (tmp_path / "shard-000-of-001.sqlite3").write_bytes(b"")
+    run = Run("sqlite", tmp_path)
+    assert run.drain() == []
+    with open_sink("sqlite", path=str(tmp_path), remainder=0, divisor=1) as sink:
+        sink.write([change(1)])
+    assert keys(run.drain()) == [(0, 1)]
+    run.close()

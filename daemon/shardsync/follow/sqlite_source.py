@@ -28,11 +28,19 @@ class _Shard:
         self.path = path
         self.conn = sqlite3.connect(f"file:{pathname2url(path)}?mode=ro", uri=True, timeout=5, isolation_level=None)
         self.conn.execute("PRAGMA query_only = ON")
-        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(events)")}
-        # A file not yet upgraded (its worker has not opened it with this version) has no account_id.
-        self.with_account = "account_id" in columns
+        self.with_account = False
         self.version: int | None = None
         self.more = True
+        if not self.check_columns():
+            self.conn.close()
+            # Created a moment ago, its tables not yet committed: taken up at the next poll.
+            raise sqlite3.OperationalError(f"{path}: no events table yet")
+
+    def check_columns(self) -> bool:
+        """Whether the file has its events table; notes whether it has account_id (an old file has not)."""
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(events)")}
+        self.with_account = "account_id" in columns
+        return bool(columns)
 
 
 class SqliteSource:
@@ -70,6 +78,8 @@ class SqliteSource:
                 if shard in self._gone:
                     self._drop(shard)
                 return []
+            if not entry.with_account:
+                entry.check_columns()  # its worker may have upgraded it meanwhile
             account = "account_id" if entry.with_account else "NULL"
             rows = entry.conn.execute(
                 f"SELECT seq, origin, entity_type, event_type, id, {account}, received_at, data "  # noqa: S608
