@@ -7,7 +7,11 @@ from typing import Any
 
 import pytest
 
+from pgserver import pg_dsn, pg_server
 from shardsync.simulator import Simulator
+
+# PostgreSQL fixtures for every test directory (see tests/pgserver.py).
+__all__ = ["pg_dsn", "pg_server"]
 
 
 @pytest.fixture

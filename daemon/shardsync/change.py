@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Origin = Literal["snapshot", "resync", "live", "system"]
+#: ``rejected``: an entity the worker quarantined (kept in the change log, never applied to state).
+Origin = Literal["snapshot", "resync", "live", "system", "rejected"]
+
+#: Origins that are only logged: they never create, change or remove an entity row.
+LOG_ONLY_ORIGINS = frozenset({"system", "rejected"})
 
 #: A shard's entity key: ``(entityType, id)``.
 Key = tuple[str, int]
@@ -21,6 +25,18 @@ ACCOUNT_KEYED_TYPES = frozenset(
     {"account", "accountRiskStatus", "marginSnapshot", "userAccountAutoLiq"}
 )
 
+#: Entity types that carry no ``accountId`` and belong to the account of the entity they hang
+#: off (tradovate-protocol.md, the routing table): type -> (field holding the parent id, parent type).
+ACCOUNT_VIA: dict[str, tuple[str, str]] = {
+    "fill": ("orderId", "order"),
+    "orderVersion": ("orderId", "order"),
+    "command": ("orderId", "order"),
+    "commandReport": ("commandId", "command"),
+    "fillPair": ("positionId", "position"),
+    "fillFee": ("id", "fill"),
+    "orderStrategyLink": ("orderStrategyId", "orderStrategy"),
+}
+
 
 # Not frozen: a frozen dataclass costs ~1 us more per instance, and one is made
 # per change on the hot path.  Treat instances as immutable all the same.
@@ -31,7 +47,9 @@ class Change:
     ``event_type`` is ``Created``/``Updated``/``Deleted`` for entity changes;
     for system and unknown events (``origin == "system"``) ``entity_type`` is
     the event name, ``event_type`` is ``"Event"``, ``id`` is None and
-    ``entity`` holds the payload as received.
+    ``entity`` holds the payload as received.  ``account_id`` is the account
+    the change belongs to, attributed by whoever made the change (the mirror
+    follows fills to their order); None when unknown.
     """
 
     origin: Origin
@@ -40,18 +58,15 @@ class Change:
     id: int | None
     entity: Any
     received_at: str
-
-    @property
-    def account_id(self) -> int | None:
-        return account_id_of(self.entity_type, self.entity)
+    account_id: int | None = None
 
 
 def account_id_of(entity_type: str, entity: Any) -> int | None:
-    """The account an entity belongs to, when the entity itself says so."""
+    """The account an entity belongs to when the entity itself says so (no parent lookup)."""
     if not isinstance(entity, dict):
         return None
     if entity_type in ACCOUNT_KEYED_TYPES:
         value = entity.get("id")
     else:
         value = entity.get("accountId")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return value if type(value) is int else None

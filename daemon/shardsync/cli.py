@@ -1,4 +1,4 @@
-"""The ``shardsync`` command: run, check-config, status, simulate, demo."""
+"""The ``shardsync`` command: run, check-config, status, follow, query, simulate, demo."""
 
 from __future__ import annotations
 
@@ -221,6 +221,42 @@ def _status(args: argparse.Namespace) -> int:
     return statusclient.main(args)
 
 
+def _follow(args: argparse.Namespace) -> int:
+    from shardsync import follow
+
+    if args.config:
+        settings = _load(args.config)
+        if settings is None:
+            return EX_CONFIG
+        sink = settings.sink
+        return follow.main(args, kind=sink.kind, path=sink.path, dsn=sink.dsn, from_argv=False)
+    if args.dsn:
+        return follow.main(args, kind="postgres", dsn=args.dsn)
+    path = args.path or "./state"
+    kind = args.kind or follow.detect_kind(path)
+    if kind is None:
+        print(f"shardsync follow: no sqlite or jsonl shard files in {path} (or both kinds); say which with --kind",
+              file=sys.stderr)
+        return EX_ERROR
+    return follow.main(args, kind=kind, path=path)
+
+
+def _query(args: argparse.Namespace) -> int:
+    from shardsync import query
+
+    path = args.path or "./state"
+    if args.config:
+        settings = _load(args.config)
+        if settings is None:
+            return EX_CONFIG
+        if settings.sink.kind != "sqlite":
+            print(f"shardsync query: reads sqlite shard files; {args.config} has sink.kind = "
+                  f"{settings.sink.kind!r}", file=sys.stderr)
+            return EX_CONFIG
+        path = settings.sink.path
+    return query.main(args, path=path)
+
+
 def _simulate(args: argparse.Namespace) -> int:
     # The simulator (websockets, asyncio: ~150 modules) is imported only here, so
     # `shardsync run` and every worker it forks never carry the fake server.
@@ -303,6 +339,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     statusclient.add_arguments(status)
     status.set_defaults(handler=_status)
+
+    follow_parser = commands.add_parser(
+        "follow", help="stream committed changes of every shard as JSON lines (resumable with --cursor)"
+    )
+    from shardsync import follow
+
+    follow.add_arguments(follow_parser)
+    follow_parser.set_defaults(handler=_follow)
+
+    query_parser = commands.add_parser("query", help="run one SELECT over every sqlite shard file, rows merged")
+    from shardsync import query
+
+    query.add_arguments(query_parser)
+    query_parser.set_defaults(handler=_query)
 
     # Its own options are parsed by _simulate (``shardsync simulate --help`` lists them).
     simulate = commands.add_parser("simulate", help=_SIMULATE_HELP, add_help=False)

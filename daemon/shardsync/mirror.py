@@ -25,7 +25,7 @@ from collections.abc import (
 )
 from typing import Any
 
-from shardsync.change import EVENT_TYPES, Change, Entity, Key, Origin
+from shardsync.change import ACCOUNT_KEYED_TYPES, ACCOUNT_VIA, EVENT_TYPES, Change, Entity, Key, Origin
 
 __all__ = ["Entity", "Key", "Mirror", "MirrorError", "key_of"]
 
@@ -45,6 +45,10 @@ def key_of(entity_type: str, entity: object) -> Key:
     return (entity_type, ident)
 
 
+#: "Not in the pending overlay" (None there means deleted).
+_ABSENT: Any = object()
+
+
 def _first(item: tuple[Key, Entity]) -> Key:
     return item[0]
 
@@ -62,6 +66,12 @@ class Mirror:
       both as upserts.
     * The first snapshot has origin ``snapshot``; later ones, and any snapshot
       of a mirror preloaded with entities (a restarted worker), ``resync``.
+    * Every change carries its ``account_id``: the entity's own (``accountId``,
+      or the id of an account-keyed type), else its parent's through
+      :data:`~shardsync.change.ACCOUNT_VIA` (a fill through its order) as the
+      mirror holds it at that moment, deleted parents of the same snapshot
+      included.  A parent the mirror does not know gives None and counts in
+      :attr:`unattributed`.
     """
 
     __slots__ = (
@@ -73,6 +83,7 @@ class Mirror:
         "_pending",
         "_size",
         "_synced",
+        "unattributed",
     )
 
     def __init__(
@@ -103,6 +114,8 @@ class Mirror:
         self._counts = counts
         self._committed_counts = dict(counts)
         self._synced = self._committed_synced = bool(committed) if synced is None else synced
+        #: Changes of a type attributed through a parent (ACCOUNT_VIA) whose parent was unknown.
+        self.unattributed = 0
 
     # -- reading (committed + pending) ---------------------------------------
 
@@ -186,6 +199,9 @@ class Mirror:
                 (k, e) for k, e in pending.items() if e is not None and (k[0] not in scope or k not in snapshot)
             ]
         vanished.sort(key=_first)
+        # Attributed before the removals: a fill and its order may vanish together.
+        account = self._attribute
+        changes = [Change(origin, k[0], "Deleted", k[1], e, received_at, account(k[0], e)) for k, e in vanished]
 
         counts = self._counts
         for key, _ in vanished:
@@ -198,8 +214,8 @@ class Mirror:
             if not counts[entity_type]:
                 del counts[entity_type]
         self._size -= len(vanished)
-        changes = [Change(origin, k[0], "Deleted", k[1], e, received_at) for k, e in vanished]
 
+        orphans: list[Change] = []
         for key, entity in snapshot.items():
             if scope is not None and key[0] not in scope:
                 continue
@@ -208,7 +224,13 @@ class Mirror:
                 continue
             self._put(key, entity, current is not None)
             event_type = "Created" if current is None else "Updated"
-            changes.append(Change(origin, key[0], event_type, key[1], entity, received_at))
+            change = Change(origin, key[0], event_type, key[1], entity, received_at, account(key[0], entity, False))
+            if change.account_id is None and key[0] in ACCOUNT_VIA:
+                orphans.append(change)
+            changes.append(change)
+        # A second look once the whole snapshot is in: a parent may come later in it.
+        for change in orphans:
+            change.account_id = account(change.entity_type, change.entity)
         self._synced = True
         return changes
 
@@ -245,7 +267,10 @@ class Mirror:
                     return []
                 else:
                     self._put(key, entity, current is not None)
-                return [Change("live", entity_type, event_type, ident, entity, received_at)]
+                account = ident if entity_type in ACCOUNT_KEYED_TYPES else entity.get("accountId")
+                if type(account) is not int:
+                    account = self._through_parent(entity_type, entity)
+                return [Change("live", entity_type, event_type, ident, entity, received_at, account)]
         keys = [key_of(entity_type, entity) for entity in entities]
         changes: list[Change] = []
         deleting = event_type == "Deleted"
@@ -259,12 +284,14 @@ class Mirror:
                 if current == entity:
                     continue
                 self._put(key, entity, current is not None)
-            changes.append(Change("live", entity_type, event_type, key[1], entity, received_at))
+            account = self._attribute(entity_type, entity)
+            changes.append(Change("live", entity_type, event_type, key[1], entity, received_at, account))
         return changes
 
     def system(self, name: str, payload: Any, *, received_at: str) -> Change:
         """A system or unknown event as a change record; the state is untouched."""
-        return Change("system", name, "Event", None, payload, received_at)
+        account = payload.get("accountId") if isinstance(payload, dict) else None
+        return Change("system", name, "Event", None, payload, received_at, account if type(account) is int else None)
 
     # -- batch boundaries -----------------------------------------------------
 
@@ -289,6 +316,35 @@ class Mirror:
         self._synced = self._committed_synced
 
     # -- internals ------------------------------------------------------------
+
+    def _attribute(self, entity_type: str, entity: Entity, count: bool = True) -> int | None:
+        """The account of ``entity``: its own, else its parent chain's as the mirror holds it now."""
+        account = entity.get("id") if entity_type in ACCOUNT_KEYED_TYPES else entity.get("accountId")
+        if type(account) is int:
+            return account
+        return self._through_parent(entity_type, entity, count)
+
+    def _through_parent(self, entity_type: str, entity: Entity, count: bool = True, depth: int = 0) -> int | None:
+        """The account of an entity without one of its own, from its parent chain (ACCOUNT_VIA)."""
+        via = ACCOUNT_VIA.get(entity_type)
+        if via is None:
+            return None  # a type that belongs to no account (user, contract...)
+        parent_type, parent_id = via[1], entity.get(via[0])
+        parent = None
+        if type(parent_id) is int:
+            key = (parent_type, parent_id)
+            parent = self._pending.get(key, _ABSENT)
+            if parent is _ABSENT:
+                parent = self._committed.get(key)
+        if parent is not None:
+            account = parent.get("id") if parent_type in ACCOUNT_KEYED_TYPES else parent.get("accountId")
+            if type(account) is int:
+                return account
+            if depth < 3:  # the longest chain is commandReport -> command -> order
+                return self._through_parent(parent_type, parent, count, depth + 1)
+        if count:
+            self.unattributed += 1
+        return None
 
     def _put(self, key: Key, entity: Entity, existed: bool) -> None:
         self._pending[key] = entity

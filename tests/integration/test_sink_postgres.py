@@ -2,80 +2,35 @@
 
 from __future__ import annotations
 
-import itertools
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
+import dataclasses
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 
-from shardsync.change import Change
-from shardsync.sinks import SinkError, open_sink
+from shardsync.change import Change, account_id_of
+from shardsync.sinks import Freshness, SinkError, SinkState, open_sink, retire
 from shardsync.sinks.base import Sink
-from shardsync.sinks.postgres import redact
+from shardsync.sinks.postgres import CHANNEL, PostgresSink, redact
 
-PG_BIN = Path(os.environ.get("SHARDSYNC_PG_BIN", "/usr/lib/postgresql/15/bin"))
 AT = "2024-05-01T12:00:00.000Z"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def server() -> Iterator[str]:
-    """A private server on a unix socket only; yields a DSN for its maintenance database."""
-    for tool in ("initdb", "pg_ctl", "postgres"):
-        if not (PG_BIN / tool).exists():
-            pytest.fail(f"PostgreSQL binaries missing: {PG_BIN / tool} (install postgresql-15 or set SHARDSYNC_PG_BIN)")
-    # initdb refuses to run as root; under root the server runs as the postgres user.
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    # Directly under /tmp: short enough for the socket path, traversable by postgres.
-    base = Path(tempfile.mkdtemp(prefix="shardsync-pg-"))
-    if as_user:
-        shutil.chown(base, "postgres", "postgres")
-    data, port = base / "data", free_port()
-
-    def run(*argv: str) -> None:
-        done = subprocess.run([*as_user, *argv], capture_output=True, text=True, timeout=120, check=False)
-        if done.returncode != 0:
-            log = base / "log"
-            tail = log.read_text()[-2000:] if log.exists() else ""
-            pytest.fail(f"{argv[0]} failed ({done.returncode}): {done.stderr or done.stdout}\n{tail}")
-
-    run(str(PG_BIN / "initdb"), "-D", str(data), "-U", "shardsync", "-A", "trust", "-E", "UTF8", "--no-sync")
-    options = f"-k {base} -p {port} -c listen_addresses='' -c fsync=off"
-    run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-o", options, "start")
-    try:
-        yield f"host={base} port={port} user=shardsync dbname=postgres"
-    finally:
-        run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(base, ignore_errors=True)
-
-
-_databases = itertools.count()
+@pytest.fixture
+def dsn(pg_dsn: str) -> str:
+    return pg_dsn
 
 
 @pytest.fixture
-def dsn(server: str) -> str:
-    """A fresh, empty database per test so tests never see each other's rows."""
-    name = f"t{next(_databases)}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return server.replace("dbname=postgres", f"dbname={name}")
+def server(pg_server: str) -> str:
+    return pg_server
 
 
 def change(event_type: str, entity: Any, *, entity_type: str = "account", origin: str = "live") -> Change:
     ident = entity.get("id") if isinstance(entity, dict) and origin != "system" else None
-    return Change(origin, entity_type, event_type, ident, entity, AT)  # type: ignore[arg-type]
+    account = account_id_of(entity_type, entity)
+    return Change(origin, entity_type, event_type, ident, entity, AT, account)  # type: ignore[arg-type]
 
 
 def account(ident: int, **fields: Any) -> dict[str, Any]:
@@ -93,6 +48,11 @@ def state(sink: Sink) -> dict[tuple[str, int], dict[str, Any]]:
 def query(dsn: str, sql: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         return conn.execute(sql).fetchall()
+
+
+def run(dsn: str, sql: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql)
 
 
 def test_round_trip_and_reopen(dsn: str) -> None:
@@ -129,29 +89,33 @@ def test_order_and_repeats_within_a_batch(dsn: str) -> None:
         assert query(dsn, "SELECT count(*) FROM events") == [(6,)]
 
 
-def test_schema_has_shard_column_and_keys(dsn: str) -> None:
-    """Both tables carry the sqlite columns plus shard, keyed by (shard, entity_type, id) and seq."""
+def test_schema_has_shard_columns_and_keys(dsn: str) -> None:
+    """The tables carry divisor and shard, are keyed by them, and times/data are timestamptz/jsonb."""
     open_(dsn).close()
     columns = query(
         dsn,
-        "SELECT table_name, column_name FROM information_schema.columns "
+        "SELECT table_name, column_name, data_type FROM information_schema.columns "
         "WHERE table_name IN ('entities', 'events') ORDER BY table_name, ordinal_position",
     )
     assert columns == [
-        ("entities", "shard"),
-        ("entities", "entity_type"),
-        ("entities", "id"),
-        ("entities", "account_id"),
-        ("entities", "data"),
-        ("entities", "updated_at"),
-        ("events", "seq"),
-        ("events", "shard"),
-        ("events", "received_at"),
-        ("events", "origin"),
-        ("events", "entity_type"),
-        ("events", "event_type"),
-        ("events", "id"),
-        ("events", "data"),
+        ("entities", "shard", "integer"),
+        ("entities", "entity_type", "text"),
+        ("entities", "id", "bigint"),
+        ("entities", "account_id", "bigint"),
+        ("entities", "data", "jsonb"),
+        ("entities", "updated_at", "timestamp with time zone"),
+        ("entities", "divisor", "integer"),
+        ("events", "seq", "bigint"),
+        ("events", "shard", "integer"),
+        ("events", "received_at", "timestamp with time zone"),
+        ("events", "origin", "text"),
+        ("events", "entity_type", "text"),
+        ("events", "event_type", "text"),
+        ("events", "id", "bigint"),
+        ("events", "data", "jsonb"),
+        ("events", "divisor", "integer"),
+        ("events", "shard_seq", "bigint"),
+        ("events", "account_id", "bigint"),
     ]
     keys = query(
         dsn,
@@ -159,11 +123,11 @@ def test_schema_has_shard_column_and_keys(dsn: str) -> None:
         "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = 'entities'::regclass AND i.indisprimary "
         "ORDER BY array_position(i.indkey, a.attnum)",
     )
-    assert keys == [("shard",), ("entity_type",), ("id",)]
+    assert keys == [("divisor",), ("shard",), ("entity_type",), ("id",)]
 
 
 def test_rows_record_account_and_event_log(dsn: str) -> None:
-    """entities holds account_id/updated_at, events logs every change of the shard in order."""
+    """entities holds account_id/updated_at, events logs every change of the shard in order with its account."""
     with open_(dsn) as sink:
         sink.write(
             [
@@ -171,14 +135,16 @@ def test_rows_record_account_and_event_log(dsn: str) -> None:
                 change("Event", {"k": 1}, entity_type="alertSignal", origin="system"),
             ]
         )
-    assert query(dsn, "SELECT shard, entity_type, id, account_id, data::text, updated_at FROM entities") == [
-        (3, "order", 4, 7, '{"id":4,"accountId":7}', AT)
-    ]
     assert query(
-        dsn, "SELECT seq, shard, origin, entity_type, event_type, id, data::text FROM events ORDER BY seq"
+        dsn, "SELECT divisor, shard, entity_type, id, account_id, data::text, updated_at = %s::timestamptz "
+        "FROM entities".replace("%s", f"'{AT}'")
+    ) == [(16, 3, "order", 4, 7, '{"id": 4, "accountId": 7}', True)]
+    assert query(
+        dsn, "SELECT divisor, shard, shard_seq, origin, entity_type, event_type, id, account_id, data::text "
+        "FROM events ORDER BY seq"
     ) == [
-        (1, 3, "live", "order", "Created", 4, '{"id":4,"accountId":7}'),
-        (2, 3, "system", "alertSignal", "Event", None, '{"k":1}'),
+        (16, 3, 1, "live", "order", "Created", 4, 7, '{"id": 4, "accountId": 7}'),
+        (16, 3, 2, "system", "alertSignal", "Event", None, None, '{"k": 1}'),
     ]
 
 
@@ -251,3 +217,200 @@ def test_password_never_appears_in_repr_or_errors(dsn: str, server: str) -> None
     assert "dbname=nope" in str(error.value)
     assert redact("postgresql://u:hunter2@db.example/x") == "user=u dbname=x host=db.example"
     assert "hunter2" not in redact("this is not a dsn password=hunter2 '")
+
+
+# --- freshness, cursor, notifications, retention, retirement, upgrade ----------------
+
+LIVE = Freshness(3, 16, "modAccountId", SinkState.LIVE, "2024-05-01T11:59:00.000Z", AT, AT, "s1")
+
+
+def test_status_row_commits_with_the_batch_and_alone(dsn: str) -> None:
+    """write(changes, freshness) and mark() keep one timestamptz row per (divisor, remainder), read back as written."""
+    with open_(dsn) as sink:
+        assert isinstance(sink, PostgresSink)
+        assert sink.status() is None
+        sink.write([change("Created", account(1))], LIVE)
+        assert sink.status() == LIVE
+        resyncing = dataclasses.replace(LIVE, state=SinkState.RESYNCING, session="s2", snapshot_at=None)
+        sink.mark(resyncing)
+        assert sink.status() == resyncing
+        with pytest.raises(SinkError, match="given to the sink of 3/16"):
+            sink.mark(dataclasses.replace(LIVE, divisor=8))
+    assert query(dsn, "SELECT remainder, divisor, state, pg_typeof(last_event_at)::text FROM shard_status") == [
+        (3, 16, "resyncing", "timestamp with time zone")
+    ]
+
+
+def test_failed_batch_keeps_the_previous_status_and_seq(dsn: str) -> None:
+    """A batch failing in its transaction leaves neither its status row nor a gap in shard_seq."""
+    with open_(dsn) as sink:
+        assert isinstance(sink, PostgresSink)
+        sink.write([change("Created", account(1))], LIVE)
+        with pytest.raises(SinkError, match="cannot serialize"):
+            sink.write([change("Created", account(2, x=object()))], dataclasses.replace(LIVE, session="lost"))
+        run(dsn, "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'x'; END $$")
+        run(dsn, "CREATE TRIGGER boom BEFORE INSERT ON events FOR EACH ROW WHEN (NEW.id = 666) "
+                   "EXECUTE FUNCTION boom()")
+        with pytest.raises(SinkError, match="not written"):
+            sink.write([change("Created", account(3)), change("Created", account(666))],
+                       dataclasses.replace(LIVE, session="lost"))
+        run(dsn, "DROP TRIGGER boom ON events")
+        sink.write([change("Created", account(4))])
+        assert sink.status() == LIVE
+    assert query(dsn, "SELECT shard_seq, id FROM events ORDER BY shard_seq") == [(1, 1), (2, 4)]
+    assert query(dsn, "SELECT last_seq FROM shard_seqs") == [(2,)]
+
+
+def test_shard_seq_is_per_shard_gap_free_and_notified_once_per_batch(dsn: str) -> None:
+    """Each shard numbers its events 1, 2, ... in commit order, and every batch sends one NOTIFY at commit."""
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute(f"LISTEN {CHANNEL}")
+        with open_(dsn, remainder=0, divisor=4) as zero, open_(dsn, remainder=1, divisor=4) as one:
+            zero.write([change("Created", account(4)), change("Created", account(8))])
+            one.write([change("Created", account(1))])
+            zero.write([change("Updated", account(4, name="x"))])
+        notes = [orjson.loads(n.payload) for n in listener.notifies(timeout=2.0, stop_after=3)]
+    assert notes == [
+        {"divisor": 4, "remainder": 0, "seq": 2},
+        {"divisor": 4, "remainder": 1, "seq": 1},
+        {"divisor": 4, "remainder": 0, "seq": 3},
+    ]
+    assert query(dsn, "SELECT shard, shard_seq, id FROM events ORDER BY shard, shard_seq") == [
+        (0, 1, 4), (0, 2, 8), (0, 3, 4), (1, 1, 1)
+    ]
+
+
+def test_only_a_state_change_notifies_on_mark(dsn: str) -> None:
+    """Heartbeat marks with an unchanged state are silent; a state change wakes followers."""
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute(f"LISTEN {CHANNEL}")
+        with open_(dsn) as sink:
+            sink.mark(LIVE)
+            sink.mark(dataclasses.replace(LIVE, last_event_at="2024-05-01T12:00:05.000Z"))
+            sink.mark(dataclasses.replace(LIVE, state=SinkState.BACKOFF))
+        notes = [orjson.loads(n.payload) for n in listener.notifies(timeout=1.0)]
+    assert notes == [{"divisor": 16, "remainder": 3, "seq": 0}] * 2
+
+
+def test_two_divisors_side_by_side(dsn: str) -> None:
+    """Shard 1 of 2 and shard 1 of 4 are different writers with their own entities, events and status."""
+    with open_(dsn, remainder=1, divisor=2) as half, open_(dsn, remainder=1, divisor=4) as quarter:
+        half.write([change("Created", account(5))])
+        quarter.write([change("Created", account(5, name="q")), change("Created", account(9))])
+        assert state(half) == {("account", 5): account(5)}
+        assert set(state(quarter)) == {("account", 5), ("account", 9)}
+        with pytest.raises(SinkError, match="in use"):
+            open_(dsn, remainder=1, divisor=2)
+    assert query(dsn, "SELECT divisor, shard, shard_seq FROM events ORDER BY divisor, shard_seq") == [
+        (2, 1, 1), (4, 1, 1), (4, 1, 2)
+    ]
+
+
+def test_prune_removes_old_events_of_its_own_shard_only(dsn: str) -> None:
+    """prune() deletes this shard's events older than the retention in batches; other shards and entities stay."""
+    old, new = "2024-05-01T00:00:00.000Z", "2024-05-08T00:00:00.000Z"
+    now = 1715126400.0  # 2024-05-08T00:00:00Z
+    with open_(dsn, remainder=0, divisor=2) as zero, open_(dsn, remainder=1, divisor=2) as one:
+        zero.write([Change("live", "account", "Created", n, {"id": n}, old, n) for n in range(5)])
+        zero.write([Change("live", "account", "Updated", 0, {"id": 0, "x": 1}, new, 0)])
+        one.write([Change("live", "account", "Created", 1, {"id": 1}, old, 1)])
+        removed = []
+        while count := zero.prune(86400.0, now=now, limit=2):
+            removed.append(count)
+        assert removed == [2, 2, 1]
+        assert zero.prune(0.0, now=now) == 0
+        assert len(state(zero)) == 5
+    assert query(dsn, "SELECT shard, shard_seq FROM events ORDER BY shard, shard_seq") == [(0, 6), (1, 1)]
+
+
+def test_retire_marks_the_shard_and_keeps_its_rows(dsn: str) -> None:
+    """retire() sets state retired (keeping the last row's times), refuses while a writer holds the shard."""
+    with open_(dsn) as sink:
+        sink.write([change("Created", account(1))], LIVE)
+        with pytest.raises(SinkError, match="in use"):
+            retire("postgres", dsn=dsn, remainder=3, divisor=16)
+    retire("postgres", dsn=dsn, remainder=3, divisor=16)
+    retire("postgres", dsn=dsn, remainder=5, divisor=16)
+    assert query(dsn, "SELECT remainder, state, session FROM shard_status ORDER BY remainder") == [
+        (3, "retired", "s1"), (5, "retired", "")
+    ]
+    assert query(dsn, "SELECT count(*) FROM entities") == [(1,)]
+
+
+#: sinks/postgres.py's SCHEMA before schema_version existed, verbatim.
+POSTGRES_V1 = (
+    """CREATE TABLE IF NOT EXISTS entities (
+        shard INTEGER NOT NULL,
+        entity_type TEXT NOT NULL,
+        id BIGINT NOT NULL,
+        account_id BIGINT,
+        data JSON,
+        updated_at TEXT,
+        PRIMARY KEY (shard, entity_type, id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS events (
+        seq BIGSERIAL PRIMARY KEY,
+        shard INTEGER NOT NULL,
+        received_at TEXT,
+        origin TEXT,
+        entity_type TEXT,
+        event_type TEXT,
+        id BIGINT,
+        data JSON
+    )""",
+    "CREATE INDEX IF NOT EXISTS entities_account_id ON entities (account_id)",
+    "CREATE INDEX IF NOT EXISTS events_shard_received_at ON events (shard, received_at)",
+)
+
+
+def columns_of(dsn: str) -> list[tuple[Any, ...]]:
+    return query(dsn, "SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns "
+                      "WHERE table_schema = 'public' ORDER BY table_name, ordinal_position")
+
+
+def test_v1_schema_is_upgraded_in_place(dsn: str, server: str) -> None:
+    """Yesterday's tables keep their rows and gain divisor, per-shard seq in old commit order, timestamptz, jsonb,
+    account ids for fills and the new tables; a second open is a no-op; the result equals a fresh schema."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in POSTGRES_V1:
+            conn.execute(statement)
+        conn.execute("INSERT INTO entities VALUES (0, 'order', 10, 7, '{\"id\":10,\"accountId\":7}', %s), "
+                     "(0, 'fill', 1, NULL, '{\"id\":1,\"orderId\":10}', %s), "
+                     "(1, 'account', 9, 9, '{\"id\":9}', %s)", (AT, AT, AT))
+        # Interleaved commits of two shards: global seq 1..4 -> shard_seq per shard in that order.
+        for shard, ident in ((0, 10), (1, 9), (0, 1), (1, 9)):
+            conn.execute("INSERT INTO events (shard, received_at, origin, entity_type, event_type, id, data) "
+                         "VALUES (%s, %s, 'live', 'x', 'Created', %s, '{}')", (shard, AT, ident))
+    with open_(dsn, remainder=0, divisor=2) as sink:
+        assert set(state(sink)) == {("order", 10), ("fill", 1)}
+        sink.write([change("Created", {"id": 2, "orderId": 10}, entity_type="fill")])
+    assert query(dsn, "SELECT version FROM schema_version") == [(2,)]
+    assert query(dsn, "SELECT seq, divisor, shard, shard_seq, received_at = %s::timestamptz FROM events "
+                      "ORDER BY seq".replace("%s", f"'{AT}'")) == [
+        (1, 2, 0, 1, True), (2, 2, 1, 1, True), (3, 2, 0, 2, True), (4, 2, 1, 2, True), (5, 2, 0, 3, True)
+    ]
+    assert query(dsn, "SELECT divisor, shard, last_seq FROM shard_seqs ORDER BY shard") == [(2, 0, 3), (2, 1, 2)]
+    assert query(dsn, "SELECT entity_type, id, account_id FROM entities ORDER BY entity_type, id") == [
+        ("account", 9, 9), ("fill", 1, 7), ("fill", 2, None), ("order", 10, 7)
+    ]
+    upgraded = columns_of(dsn)
+    with open_(dsn, remainder=0, divisor=2):
+        pass
+    assert columns_of(dsn) == upgraded
+    assert query(dsn, "SELECT count(*) FROM events") == [(5,)]
+    fresh = server.replace("dbname=postgres", "dbname=fresh_schema")
+    run(server, "CREATE DATABASE fresh_schema")
+    open_(fresh).close()
+    assert columns_of(fresh) == upgraded
+
+
+def test_rejected_changes_are_logged_and_never_applied(dsn: str) -> None:
+    """origin=rejected rows land in events (with their account) and never touch entities."""
+    with open_(dsn) as sink:
+        sink.write([change("Created", account(1))])
+        sink.write([Change("rejected", "account", "Updated", 1, {"id": 1, "bad": True}, AT, 1),
+                    Change("rejected", "position", "Created", None, [1, 2], AT)])
+        assert state(sink) == {("account", 1): account(1)}
+    assert query(dsn, "SELECT origin, entity_type, id, account_id FROM events ORDER BY shard_seq") == [
+        ("live", "account", 1, 1), ("rejected", "account", 1, 1), ("rejected", "position", None, None)
+    ]

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from shardsync.change import Change
+from shardsync.change import Change, account_id_of
 from shardsync.sinks import SinkError, open_sink, shard_file_name
 from shardsync.sinks import jsonl as jsonl_module
 from shardsync.sinks.base import Sink
@@ -36,7 +36,9 @@ def change(
     at: str = AT,
 ) -> Change:
     ident = entity.get("id") if isinstance(entity, dict) and origin != "system" else None
-    return Change(origin, entity_type, event_type, ident, entity, at)  # type: ignore[arg-type]
+    # Attributed as the mirror would for entities that carry their account.
+    account = account_id_of(entity_type, entity)
+    return Change(origin, entity_type, event_type, ident, entity, at, account)  # type: ignore[arg-type]
 
 
 def account(ident: int, **fields: Any) -> dict[str, Any]:
@@ -103,7 +105,8 @@ def test_files_are_not_world_readable(kind: str, directory: Path) -> None:
     with open_(kind, directory) as sink:
         sink.write([change("Created", account(1))])
         files = list(directory.iterdir())
-        assert len(files) >= 2 if kind == "sqlite" else len(files) == 1
+        # sqlite: the file, its WAL/shm and lock; jsonl: the log and its lock.
+        assert len(files) >= 2
         for file in files:
             assert stat.S_IMODE(file.stat().st_mode) & 0o007 == 0, file
 
@@ -281,7 +284,7 @@ def test_second_writer_in_another_process_is_refused(kind: str, directory: Path)
 
 
 def test_sqlite_schema_is_exactly_the_contract(directory: Path) -> None:
-    """The two tables have exactly the public columns, types and keys, in WAL mode."""
+    """The two change tables have exactly the public columns, types and keys, in WAL mode."""
     with open_("sqlite", directory):
         db = sqlite3.connect(shard_file("sqlite", directory))
         try:
@@ -308,6 +311,7 @@ def test_sqlite_schema_is_exactly_the_contract(directory: Path) -> None:
             ("event_type", "TEXT", 0),
             ("id", "INTEGER", 0),
             ("data", "TEXT", 0),
+            ("account_id", "INTEGER", 0),
         ],
     }
     assert mode == "wal"
@@ -364,11 +368,11 @@ def test_sqlite_rows_hold_account_data_and_event_log(directory: Path) -> None:
         )
     assert rows(directory, "SELECT * FROM entities") == [("order", 3, 7, '{"id":3,"accountId":7,"x":1}', "t5")]
     assert rows(directory, "SELECT * FROM events ORDER BY seq") == [
-        (1, "t1", "live", "account", "Created", 7, '{"id":7,"name":"acc7"}'),
-        (2, "t2", "live", "order", "Created", 3, '{"id":3,"accountId":7}'),
-        (3, "t3", "system", "alertSignal", "Event", None, '{"kind":"alert"}'),
-        (4, "t4", "live", "account", "Deleted", 7, '{"id":7,"name":"acc7"}'),
-        (5, "t5", "live", "order", "Updated", 3, '{"id":3,"accountId":7,"x":1}'),
+        (1, "t1", "live", "account", "Created", 7, '{"id":7,"name":"acc7"}', 7),
+        (2, "t2", "live", "order", "Created", 3, '{"id":3,"accountId":7}', 7),
+        (3, "t3", "system", "alertSignal", "Event", None, '{"kind":"alert"}', None),
+        (4, "t4", "live", "account", "Deleted", 7, '{"id":7,"name":"acc7"}', 7),
+        (5, "t5", "live", "order", "Updated", 3, '{"id":3,"accountId":7,"x":1}', 7),
     ]
 
 
@@ -422,7 +426,7 @@ def lines(directory: Path) -> list[dict[str, Any]]:
 
 
 def test_jsonl_lines_have_exactly_the_contract_keys(directory: Path) -> None:
-    """Each change is one line with exactly origin, entityType, eventType, entity, receivedAt."""
+    """Each change is one line with exactly seq, origin, entityType, eventType, accountId, entity, receivedAt."""
     with open_("jsonl", directory) as sink:
         sink.write(
             [
@@ -430,23 +434,37 @@ def test_jsonl_lines_have_exactly_the_contract_keys(directory: Path) -> None:
                 change("Event", {"a": 1}, entity_type="alertSignal", origin="system", at="t2"),
             ]
         )
+        sink.write([change("Created", {"id": 4, "accountId": 1}, entity_type="order", at="t3")])
     assert lines(directory) == [
         {
+            "seq": 1,
             "origin": "live",
             "entityType": "account",
             "eventType": "Created",
+            "accountId": 1,
             "entity": account(1),
             "receivedAt": "t1",
         },
         {
+            "seq": 2,
             "origin": "system",
             "entityType": "alertSignal",
             "eventType": "Event",
+            "accountId": None,
             "entity": {"a": 1},
             "receivedAt": "t2",
         },
+        {
+            "seq": 3,
+            "origin": "live",
+            "entityType": "order",
+            "eventType": "Created",
+            "accountId": 1,
+            "entity": {"id": 4, "accountId": 1},
+            "receivedAt": "t3",
+        },
     ]
-    assert [list(line) for line in lines(directory)] == [list(jsonl_module.KEYS)] * 2
+    assert [list(line) for line in lines(directory)] == [list(jsonl_module.KEYS)] * 3
 
 
 @pytest.mark.parametrize("tail", [b'{"origin":"li', b"\x00\x00\x00", b'{"origin":"live"}\n', b"\x00\x00\n"])
@@ -516,3 +534,30 @@ def test_jsonl_failed_append_is_cut_back(directory: Path, monkeypatch: pytest.Mo
         sink.write([change("Created", account(4))])
     with open_("jsonl", directory) as sink:
         assert set(state(sink)) == {("account", 1), ("account", 4)}
+
+
+def test_rejected_changes_are_logged_and_never_applied(kind: str, directory: Path) -> None:
+    """origin=rejected (a quarantined entity) is accepted whatever its shape and kept in the log only."""
+    with open_(kind, directory) as sink:
+        sink.write([change("Created", account(1))])
+        sink.write(
+            [
+                Change("rejected", "account", "Updated", 1, {"id": 1, "name": None, "bad": True}, AT, 1),
+                Change("rejected", "position", "Created", None, [{"no": "id"}], AT),
+                Change("rejected", "order", "Mangled", 5, "not an object", AT),
+            ]
+        )
+        assert state(sink) == {("account", 1): account(1)}
+    with open_(kind, directory) as again:
+        assert state(again) == {("account", 1): account(1)}
+    if kind == "sqlite":
+        assert rows(directory, "SELECT origin, entity_type, event_type, id, account_id FROM events ORDER BY seq") == [
+            ("live", "account", "Created", 1, 1),
+            ("rejected", "account", "Updated", 1, 1),
+            ("rejected", "position", "Created", None, None),
+            ("rejected", "order", "Mangled", 5, None),
+        ]
+    else:
+        assert [(line["origin"], line["entityType"]) for line in lines(directory)][1:] == [
+            ("rejected", "account"), ("rejected", "position"), ("rejected", "order")
+        ]

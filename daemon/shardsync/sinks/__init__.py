@@ -1,6 +1,7 @@
 """Where a shard's changes are persisted: sqlite (default), jsonl or postgres.
 
-Adding a sink kind is one :data:`KINDS` entry plus its module: the config
+Adding a sink kind is one :data:`KINDS` entry plus its module (a Sink class
+and a module-level ``retire(where, *, remainder, divisor)``): the config
 validates ``[sink] kind`` and the key it needs against this table, and
 :func:`open_sink` imports the module only when the kind is chosen (psycopg is
 an optional extra, and a worker loads only its own sink).
@@ -12,9 +13,27 @@ import importlib
 from dataclasses import dataclass
 from typing import Literal
 
-from shardsync.sinks.base import Sink, SinkError, shard_file_name
+from shardsync.sinks.base import (
+    DEFAULT_RETENTION,
+    Freshness,
+    Sink,
+    SinkError,
+    SinkState,
+    shard_file_name,
+)
 
-__all__ = ["KINDS", "Sink", "SinkError", "SinkKind", "open_sink", "shard_file_name"]
+__all__ = [
+    "DEFAULT_RETENTION",
+    "KINDS",
+    "Freshness",
+    "Sink",
+    "SinkError",
+    "SinkKind",
+    "SinkState",
+    "open_sink",
+    "retire",
+    "shard_file_name",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +52,28 @@ KINDS: dict[str, SinkKind] = {
 }
 
 
-def open_sink(kind: str, *, path: str = "", dsn: str = "", remainder: int, divisor: int) -> Sink:
-    """Open shard ``remainder``/``divisor``'s sink of ``kind``, taking its single-writer lock."""
+def _kind(kind: str) -> SinkKind:
     entry = KINDS.get(kind)
     if entry is None:
         raise SinkError(f"unknown sink kind {kind!r}; expected one of {', '.join(KINDS)}")
+    return entry
+
+
+def open_sink(kind: str, *, path: str = "", dsn: str = "", remainder: int, divisor: int) -> Sink:
+    """Open shard ``remainder``/``divisor``'s sink of ``kind``, taking its single-writer lock."""
+    entry = _kind(kind)
     cls: type[Sink] = getattr(importlib.import_module(entry.module), entry.cls)
     where = path if entry.target == "path" else dsn
     return cls(where, remainder=remainder, divisor=divisor)  # type: ignore[call-arg]
+
+
+def retire(kind: str, *, path: str = "", dsn: str = "", remainder: int, divisor: int) -> None:
+    """Mark a no-longer-owned shard ``retired``; sqlite/jsonl also move its files to ``<path>/retired/``.
+
+    Takes the shard's writer lock (SinkError while a worker still writes it).
+    A file shard that has no file is left alone; PostgreSQL always gets (or
+    keeps) a status row saying ``retired``, and its rows stay in the tables.
+    """
+    entry = _kind(kind)
+    where = path if entry.target == "path" else dsn
+    importlib.import_module(entry.module).retire(where, remainder=remainder, divisor=divisor)

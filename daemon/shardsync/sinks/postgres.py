@@ -1,8 +1,13 @@
-"""The PostgreSQL sink: the sqlite tables plus a ``shard`` column, one connection per worker.
+"""The PostgreSQL sink: shared tables keyed by ``(divisor, shard)``, one connection per worker.
 
 Single writer per shard is a session advisory lock keyed by the shard, so it
-holds across hosts too. The DSN's password never leaves this module: errors
-and ``repr`` show the DSN with it removed.
+holds across hosts too. Each batch is one transaction: entities, events with
+their per-shard ``shard_seq`` (from the shard's ``shard_seqs`` row, so the
+numbers commit in order and without gaps), the status row, and one
+``NOTIFY shardsync_changes`` with ``{"divisor": D, "remainder": R, "seq":
+last}``, delivered at commit.  The schema and its upgrades are in
+``postgres_schema``.  The DSN's password never leaves this module: errors and
+``repr`` show the DSN with it removed.
 """
 
 from __future__ import annotations
@@ -16,54 +21,82 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from shardsync.change import Change
-from shardsync.sinks.base import Row, Sink, SinkError, batch_rows, check_shard
-
-# ``json`` rather than ``jsonb``: it keeps the text exactly as received (key
-# order, duplicates), like the sqlite sink, and still allows ->> in queries.
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS entities (
-        shard INTEGER NOT NULL,
-        entity_type TEXT NOT NULL,
-        id BIGINT NOT NULL,
-        account_id BIGINT,
-        data JSON,
-        updated_at TEXT,
-        PRIMARY KEY (shard, entity_type, id)
-    )""",
-    """CREATE TABLE IF NOT EXISTS events (
-        seq BIGSERIAL PRIMARY KEY,
-        shard INTEGER NOT NULL,
-        received_at TEXT,
-        origin TEXT,
-        entity_type TEXT,
-        event_type TEXT,
-        id BIGINT,
-        data JSON
-    )""",
-    "CREATE INDEX IF NOT EXISTS entities_account_id ON entities (account_id)",
-    "CREATE INDEX IF NOT EXISTS events_shard_received_at ON events (shard, received_at)",
+from shardsync.sinks import postgres_schema
+from shardsync.sinks.base import (
+    PRUNE_BATCH,
+    Freshness,
+    Row,
+    Sink,
+    SinkError,
+    SinkState,
+    batch_rows,
+    check_shard,
+    cutoff,
+    retired_status,
 )
+
+#: The channel of the per-batch notifications.
+CHANNEL = "shardsync_changes"
 
 # One statement per run of entity changes, the rows passed as arrays and
 # events through COPY: executemany costs ~35 us a row in psycopg even
 # pipelined. Arrays go binary (%b): text arrays would escape every quote
 # of every JSON document with a regex.
 UPSERT = (
-    "INSERT INTO entities (shard, entity_type, id, account_id, data, updated_at) "
-    "SELECT %s, e, i, a, d::json, u FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::text[], %b::text[]) "
-    "AS t(e, i, a, d, u) ON CONFLICT (shard, entity_type, id) DO UPDATE SET "
+    "INSERT INTO entities (divisor, shard, entity_type, id, account_id, data, updated_at) "
+    "SELECT %s, %s, e, i, a, d::jsonb, u::timestamptz "
+    "FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::text[], %b::text[]) "
+    "AS t(e, i, a, d, u) ON CONFLICT (divisor, shard, entity_type, id) DO UPDATE SET "
     "account_id = excluded.account_id, data = excluded.data, updated_at = excluded.updated_at"
 )
 DELETE = (
-    "DELETE FROM entities WHERE shard = %s AND (entity_type, id) IN (SELECT * FROM unnest(%s::text[], %s::bigint[]))"
+    "DELETE FROM entities WHERE divisor = %s AND shard = %s "
+    "AND (entity_type, id) IN (SELECT * FROM unnest(%s::text[], %s::bigint[]))"
 )
-APPEND = "COPY events (shard, received_at, origin, entity_type, event_type, id, data) FROM STDIN"
+TAKE_SEQ = "UPDATE shard_seqs SET last_seq = last_seq + %s WHERE divisor = %s AND shard = %s RETURNING last_seq"
+APPEND = (
+    "COPY events (divisor, shard, shard_seq, received_at, origin, entity_type, event_type, id, account_id, data) "
+    "FROM STDIN"
+)
+STATUS = (
+    "INSERT INTO shard_status (remainder, divisor, expression, state, snapshot_at, last_event_at, last_commit_at, "
+    "session) VALUES (%s, %s, %s, %s, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s) "
+    "ON CONFLICT (divisor, remainder) DO UPDATE SET expression = excluded.expression, state = excluded.state, "
+    "snapshot_at = excluded.snapshot_at, last_event_at = excluded.last_event_at, "
+    "last_commit_at = excluded.last_commit_at, session = excluded.session"
+)
+NOTIFY = "SELECT pg_notify('shardsync_changes', %s)"
+PRUNE = (
+    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE divisor = %s AND shard = %s "
+    "AND received_at < %s::timestamptz ORDER BY received_at LIMIT %s)"
+)
 
-#: First key of the advisory locks (ASCII "SS"); the second is the shard. The
-#: schema lock uses -1, which no shard has.
+
+def iso(column: str) -> str:
+    """SQL rendering a timestamptz column as the sinks' ISO-8601 UTC text (``...T12:00:00.000Z``)."""
+    return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
+
+
+STATUS_SELECT = (
+    f"SELECT remainder, divisor, expression, state, {iso('snapshot_at')}, {iso('last_event_at')}, "  # noqa: S608
+    f"{iso('last_commit_at')}, session FROM shard_status"
+)
+
+#: First key of the advisory locks (ASCII "SS"). The schema lock is the
+#: two-int4 form (0x5353, -1); a shard's writer lock is the one-bigint form
+#: (a different lock space) holding class, divisor and remainder.
 LOCK_CLASS = 0x5353
 SCHEMA_LOCK = -1
 
+
+def shard_lock(remainder: int, divisor: int) -> int:
+    """The advisory lock key of one shard's writer (divisor and remainder are below 2**20)."""
+    return (LOCK_CLASS << 40) | (divisor << 20) | remainder
+
+
+def notification(divisor: int, remainder: int, seq: int) -> str:
+    """The NOTIFY payload: which shard committed, and its last ``shard_seq``."""
+    return orjson.dumps({"divisor": divisor, "remainder": remainder, "seq": seq}).decode()
 
 
 def redact(dsn: str) -> str:
@@ -77,14 +110,16 @@ def redact(dsn: str) -> str:
 
 
 class PostgresSink(Sink):
-    """Shard ``remainder``'s rows in shared ``entities``/``events`` tables, written in one transaction per batch."""
+    """Shard ``remainder``/``divisor``'s rows in the shared tables, written in one transaction per batch."""
 
     def __init__(self, dsn: str, *, remainder: int, divisor: int) -> None:
         check_shard(remainder, divisor)
+        self.remainder, self.divisor = remainder, divisor
         self.shard = remainder
         self._dsn = dsn
         self.where = f"{redact(dsn)} shard {remainder}/{divisor}"
         self._closed = False
+        self._marked: SinkState | None = None
         self._conn: psycopg.Connection[Any] | None = self._connect()
 
     def __repr__(self) -> str:
@@ -102,11 +137,15 @@ class PostgresSink(Sink):
                 # Serialised because concurrent CREATE ... IF NOT EXISTS from
                 # many workers starting together can still collide in pg_type.
                 conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, SCHEMA_LOCK))
-                for statement in SCHEMA:
-                    conn.execute(statement)
-            row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, self.shard)).fetchone()
+                postgres_schema.prepare(conn, self.divisor, self.where)
+            lock = shard_lock(self.remainder, self.divisor)
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock,)).fetchone()
             if not row or not row[0]:
                 raise SinkError(f"postgres sink: {self.where} is in use by another process")
+            conn.execute(
+                "INSERT INTO shard_seqs (divisor, shard, last_seq) VALUES (%s, %s, 0) ON CONFLICT DO NOTHING",
+                (self.divisor, self.remainder),
+            )
         except psycopg.Error as exc:
             conn.close()
             raise SinkError(f"postgres sink: cannot initialise {self.where}: {exc}") from exc
@@ -129,7 +168,8 @@ class PostgresSink(Sink):
         conn = self._connection()
         try:
             rows = conn.execute(
-                "SELECT entity_type, id, data::text FROM entities WHERE shard = %s", (self.shard,)
+                "SELECT entity_type, id, data::text FROM entities WHERE divisor = %s AND shard = %s",
+                (self.divisor, self.remainder),
             ).fetchall()
         except psycopg.Error as exc:
             self._drop_if_broken(conn)
@@ -137,26 +177,85 @@ class PostgresSink(Sink):
         for entity_type, ident, data in rows:
             yield entity_type, ident, orjson.loads(data)
 
-    def write(self, changes: Sequence[Change]) -> None:
+    def write(self, changes: Sequence[Change], freshness: Freshness | None = None) -> None:
         if not changes:
+            if freshness is not None:
+                self.mark(freshness)
             return
+        if freshness is not None:
+            self.check_freshness(freshness)
         runs, events = self._rows(changes)
         conn = self._connection()
+        divisor, shard = self.divisor, self.remainder
         try:
             with conn.transaction(), conn.cursor() as cursor:
                 for statement, rows in runs:
                     cursor.execute(statement, self._columns(rows))
+                taken = cursor.execute(TAKE_SEQ, (len(events), divisor, shard)).fetchone()
+                if taken is None:
+                    raise SinkError(f"postgres sink: {self.where}: no shard_seqs row")
+                last = int(taken[0])
+                first = last - len(events) + 1
                 with cursor.copy(APPEND) as copy:
-                    for event in events:
-                        copy.write_row(event)
+                    for n, event in enumerate(events):
+                        copy.write_row((divisor, shard, first + n, *event))
+                if freshness is not None:
+                    cursor.execute(STATUS, freshness.row())
+                cursor.execute(NOTIFY, (notification(divisor, shard, last),))
         except Exception as exc:
             self._drop_if_broken(conn)
             raise SinkError(f"postgres sink: {self.where}: batch of {len(changes)} not written: {exc}") from exc
+        if freshness is not None:
+            self._marked = freshness.state
+
+    def mark(self, freshness: Freshness) -> None:
+        self.check_freshness(freshness)
+        conn = self._connection()
+        try:
+            with conn.transaction(), conn.cursor() as cursor:
+                cursor.execute(STATUS, freshness.row())
+                if freshness.state != self._marked:
+                    # A state change wakes followers (they report shards that are not live).
+                    cursor.execute(NOTIFY, (notification(self.divisor, self.remainder, self._last_seq(cursor)),))
+        except psycopg.Error as exc:
+            self._drop_if_broken(conn)
+            raise SinkError(f"postgres sink: {self.where}: status not written: {exc}") from exc
+        self._marked = freshness.state
+
+    def _last_seq(self, cursor: psycopg.Cursor[Any]) -> int:
+        row = cursor.execute(
+            "SELECT last_seq FROM shard_seqs WHERE divisor = %s AND shard = %s", (self.divisor, self.remainder)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def status(self) -> Freshness | None:
+        """This shard's status row, if one was written."""
+        conn = self._connection()
+        try:
+            row = conn.execute(
+                STATUS_SELECT + " WHERE divisor = %s AND remainder = %s", (self.divisor, self.remainder)
+            ).fetchone()
+        except psycopg.Error as exc:
+            self._drop_if_broken(conn)
+            raise SinkError(f"postgres sink: cannot read {self.where}: {exc}") from exc
+        return None if row is None else Freshness.from_row(row)
+
+    def prune(self, retention: float, *, now: float, limit: int = PRUNE_BATCH) -> int:
+        before = cutoff(retention, now)
+        if before is None:
+            return 0
+        conn = self._connection()
+        try:
+            removed = conn.execute(PRUNE, (self.divisor, self.remainder, before, limit)).rowcount
+        except psycopg.Error as exc:
+            self._drop_if_broken(conn)
+            raise SinkError(f"postgres sink: {self.where}: prune failed: {exc}") from exc
+        return max(0, removed)
 
     def _columns(self, rows: list[Row]) -> tuple[Any, ...]:
         # One row per key (ON CONFLICT may touch a row only once per
         # statement): batch_rows keeps only each key's last change.
-        return (self.shard, *([row[i] for row in rows] for i in range(len(rows[0]))))
+        return (self.divisor, self.remainder, *([row[i] for row in rows] for i in range(len(rows[0]))))
 
     def _drop_if_broken(self, conn: psycopg.Connection[Any]) -> None:
         if conn.broken or conn.closed:
@@ -165,7 +264,7 @@ class PostgresSink(Sink):
                 conn.close()
 
     def _rows(self, changes: Sequence[Change]) -> tuple[list[tuple[str, list[Row]]], list[Row]]:
-        return batch_rows("postgres", self.where, changes, upsert=UPSERT, delete=DELETE, event_prefix=(self.shard,))
+        return batch_rows("postgres", self.where, changes, upsert=UPSERT, delete=DELETE)
 
     def close(self) -> None:
         self._closed = True
@@ -174,3 +273,12 @@ class PostgresSink(Sink):
             # Closing the session releases the advisory lock.
             with contextlib.suppress(psycopg.Error):
                 conn.close()
+
+
+def retire(dsn: str, *, remainder: int, divisor: int) -> None:
+    """Mark the shard ``retired`` in ``shard_status`` (its rows stay; consumers filter on the state).
+
+    Takes the shard's writer lock, so it fails (SinkError) while a worker still writes it.
+    """
+    with PostgresSink(dsn, remainder=remainder, divisor=divisor) as sink:
+        sink.mark(retired_status(sink.status(), remainder, divisor))

@@ -21,38 +21,23 @@ from typing import Any
 import orjson
 
 from shardsync.change import Change
+from shardsync.sinks import sqlite_schema
 from shardsync.sinks.base import (
+    PRUNE_BATCH,
+    STATUS_SELECT,
+    Freshness,
     Row,
     Sink,
     SinkError,
     batch_rows,
+    cutoff,
     ensure_dir,
     lock_exclusive,
     open_file,
+    retired_status,
     shard_file_name,
 )
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS entities (
-    entity_type TEXT,
-    id INTEGER,
-    account_id INTEGER,
-    data TEXT,
-    updated_at TEXT,
-    PRIMARY KEY (entity_type, id)
-);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY,
-    received_at TEXT,
-    origin TEXT,
-    entity_type TEXT,
-    event_type TEXT,
-    id INTEGER,
-    data TEXT
-);
-CREATE INDEX IF NOT EXISTS entities_account_id ON entities (account_id);
-CREATE INDEX IF NOT EXISTS events_received_at ON events (received_at);
-"""
+from shardsync.sinks.retired import move_to_retired
 
 UPSERT = (
     "INSERT INTO entities (entity_type, id, account_id, data, updated_at) VALUES (?, ?, ?, ?, ?) "
@@ -60,7 +45,23 @@ UPSERT = (
     "account_id = excluded.account_id, data = excluded.data, updated_at = excluded.updated_at"
 )
 DELETE = "DELETE FROM entities WHERE entity_type = ? AND id = ?"
-APPEND = "INSERT INTO events (received_at, origin, entity_type, event_type, id, data) VALUES (?, ?, ?, ?, ?, ?)"
+APPEND = (
+    "INSERT INTO events (received_at, origin, entity_type, event_type, id, account_id, data) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+STATUS = (
+    "INSERT INTO shard_status (remainder, divisor, expression, state, snapshot_at, last_event_at, last_commit_at, "
+    "session) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (divisor, remainder) DO UPDATE SET "
+    "expression = excluded.expression, state = excluded.state, snapshot_at = excluded.snapshot_at, "
+    "last_event_at = excluded.last_event_at, last_commit_at = excluded.last_commit_at, session = excluded.session"
+)
+# By received_at through its index (a scan by seq would read the whole log when
+# nothing is due), and never the newest row: seq is the rowid, and an emptied
+# table would hand out seq 1 again, behind every consumer's cursor.
+PRUNE = (
+    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE received_at < ? ORDER BY received_at LIMIT ?) "
+    "AND seq < (SELECT max(seq) FROM events)"
+)
 
 #: WAL pages between automatic checkpoints (SQLite's default is 1000, 4 MiB).
 #: Each checkpoint fsyncs and copies every page changed since the last one;
@@ -77,9 +78,14 @@ BUSY_TIMEOUT_MS = 5000
 
 
 class SqliteSink(Sink):
-    """``<path>/shard-RRR-of-DDD.sqlite3`` with an flock'd ``.lock`` sidecar for single-writer."""
+    """``<path>/shard-RRR-of-DDD.sqlite3`` with an flock'd ``.lock`` sidecar for single-writer.
+
+    The change-log cursor is ``events.seq``: one writer per file, so seq
+    order is commit order and a reader polling ``seq > last`` misses nothing.
+    """
 
     def __init__(self, path: str, *, remainder: int, divisor: int) -> None:
+        self.remainder, self.divisor = remainder, divisor
         self.file = os.path.join(path, shard_file_name(remainder, divisor, "sqlite3"))
         ensure_dir("sqlite", path)
         # The lock lives in a sidecar because SQLite itself takes POSIX locks on
@@ -115,7 +121,7 @@ class SqliteSink(Sink):
                 raise SinkError(f"sqlite sink: {self.file}: cannot enable WAL (got {mode})")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
-            conn.executescript(SCHEMA)
+            sqlite_schema.prepare(conn, self.file)
         except sqlite3.Error as exc:
             conn.close()
             raise SinkError(f"sqlite sink: cannot initialise {self.file}: {exc}") from exc
@@ -148,9 +154,13 @@ class SqliteSink(Sink):
                 raise SinkError(f"sqlite sink: {self.file}: corrupt data for {entity_type} id={ident}: {exc}") from exc
             yield entity_type, ident, entity
 
-    def write(self, changes: Sequence[Change]) -> None:
+    def write(self, changes: Sequence[Change], freshness: Freshness | None = None) -> None:
         if not changes:
+            if freshness is not None:
+                self.mark(freshness)
             return
+        if freshness is not None:
+            self.check_freshness(freshness)
         # Serialising first means a bad entity fails the batch before any SQL runs.
         runs, events = self._rows(changes)
         conn = self._connection()
@@ -159,10 +169,38 @@ class SqliteSink(Sink):
             for statement, rows in runs:
                 conn.executemany(statement, rows)
             conn.executemany(APPEND, events)
+            if freshness is not None:
+                conn.execute(STATUS, freshness.row())
             conn.execute("COMMIT")
         except Exception as exc:
             self._rollback(conn)
             raise SinkError(f"sqlite sink: {self.file}: batch of {len(changes)} not written: {exc}") from exc
+
+    def mark(self, freshness: Freshness) -> None:
+        self.check_freshness(freshness)
+        conn = self._connection()
+        try:
+            conn.execute(STATUS, freshness.row())
+        except sqlite3.Error as exc:
+            self._rollback(conn)
+            raise SinkError(f"sqlite sink: {self.file}: status not written: {exc}") from exc
+
+    def status(self) -> Freshness | None:
+        """The file's status row, if one was written."""
+        row = self._connection().execute(STATUS_SELECT).fetchone()
+        return None if row is None else Freshness.from_row(row)
+
+    def prune(self, retention: float, *, now: float, limit: int = PRUNE_BATCH) -> int:
+        before = cutoff(retention, now)
+        if before is None:
+            return 0
+        conn = self._connection()
+        try:
+            removed = conn.execute(PRUNE, (before, limit)).rowcount
+        except sqlite3.Error as exc:
+            self._rollback(conn)
+            raise SinkError(f"sqlite sink: {self.file}: prune failed: {exc}") from exc
+        return max(0, removed)
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         try:
@@ -189,3 +227,26 @@ class SqliteSink(Sink):
         if fd is not None:
             # Closing the descriptor releases the flock.
             os.close(fd)
+
+
+def retire(path: str, *, remainder: int, divisor: int) -> str | None:
+    """Mark the shard file ``retired`` and move it (and its WAL, shm, lock) to ``<path>/retired/``.
+
+    Takes the writer lock, so it fails (SinkError) while a worker still
+    writes the shard; returns the directory the files went to, or None when
+    the shard has no file.
+    """
+    name = shard_file_name(remainder, divisor, "sqlite3")
+    if not os.path.exists(os.path.join(path, name)):
+        return None
+    sink = SqliteSink(path, remainder=remainder, divisor=divisor)
+    try:
+        sink.mark(retired_status(sink.status(), remainder, divisor))
+        conn, sink._conn = sink._conn, None
+        if conn is not None:
+            # The last connection's close checkpoints the WAL into the file.
+            conn.close()
+        # Moved while the lock is still held: no writer can open the shard in between.
+        return move_to_retired("sqlite", path, [name + suffix for suffix in ("", "-wal", "-shm", ".lock")])
+    finally:
+        sink.close()
