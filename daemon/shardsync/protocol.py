@@ -3,6 +3,10 @@
 No I/O happens here.  Everything malformed raises :class:`ProtocolError` (and
 nothing else), carrying a short excerpt of the offending input, so the session
 loop has exactly one exception to turn into "log, resync".
+
+Entity ids are checked here and only here: every entity of a
+:class:`PropsEvent` and of :func:`snapshot_entities` is an object with an
+integer (not bool) ``id``; the worker and the mirror's ``diff_props`` trust it.
 """
 
 from __future__ import annotations
@@ -108,7 +112,7 @@ class Response:
 
 @dataclass(slots=True)  # not frozen: made per frame, and frozen costs ~1 us more each
 class PropsEvent:
-    """An entity change; ``entities`` holds one or more objects (``entity`` may be a list)."""
+    """An entity change; ``entities`` holds one or more objects (``entity`` may be a list), each with an int ``id``."""
 
     entity_type: str
     event_type: str

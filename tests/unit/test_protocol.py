@@ -209,3 +209,21 @@ def test_snapshot_end_markers() -> None:
     assert not p.is_snapshot_end({"done": True, "users": []})
     assert not p.is_snapshot_end({"users": [{"id": 1}]})
     assert not p.is_snapshot_end({"done": False})
+
+
+@pytest.mark.parametrize(
+    "entity",
+    [b'{"name":"x"}', b'{"id":"1"}', b'{"id":null}', b'{"id":true}', b'{"id":1.0}', b'"x"', b'[{"id":1},{"id":false}]'],
+)
+def test_props_entity_ids_are_checked_by_the_codec(entity: bytes) -> None:
+    """The codec owns the entity-id check: any props entity without an integer (non-bool) id is a ProtocolError."""
+    raw = b'a[{"e":"props","d":{"entityType":"order","eventType":"Created","entity":' + entity + b"}}]"
+    with pytest.raises(p.ProtocolError, match="order entity without an integer id"):
+        p.decode_frame(raw)
+
+
+@pytest.mark.parametrize("entry", [{"id": True}, {"id": "1"}, {"id": 1.5}, {"id": None}, "x", 7])
+def test_snapshot_entity_ids_are_checked_by_the_codec(entry: object) -> None:
+    """The codec owns the entity-id check for snapshots too: an entry without an integer id is a ProtocolError."""
+    with pytest.raises(p.ProtocolError, match="positions entry without an integer id"):
+        list(p.snapshot_entities({"users": [{"id": 1}], "positions": [{"id": 2}, entry]}))
