@@ -27,13 +27,13 @@ from shardsync.ipc import ShardState
 from shardsync.logs import configure_logging, get_logger
 from shardsync.secrets import fingerprint, register_secret
 from shardsync.supervisor.authcall import AuthCall
-from shardsync.supervisor.child import run_child
 from shardsync.supervisor.notify import Notifier
 from shardsync.supervisor.permits import PermitGate
 from shardsync.supervisor.policy import Escalate, Park, Restart, RestartPolicy, heartbeat_deadline
 from shardsync.supervisor.shard import Shard
 from shardsync.supervisor.status import ShardStatus, StatusServer, StatusSnapshot, summarize
 from shardsync.supervisor.tokens import Fatal, TokenChanged, TokenKeeper, Wait
+from shardsync.worker.boot import run_child
 from shardsync.worker.options import WorkerOptions
 
 #: Before its first heartbeat a worker gets this much longer than heartbeat_timeout
