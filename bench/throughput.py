@@ -189,7 +189,7 @@ def worker_run(port: int, steps: int, kind: str, warmup: int) -> Run:
         code = 1
         try:
             os.set_blocking(out_w, False)
-            keep_freed_memory()  # as supervisor/child.py does for every worker
+            keep_freed_memory()  # as worker/boot.py does for every worker
             code = run_in_process(options, 0, inbox_r, lambda m: ipc.send(out_w, m) and None)
         finally:
             os._exit(code)

@@ -176,7 +176,8 @@ class Mirror:
         scope: when given, snapshot entities of other types are ignored (the
         server sent what was not asked for) and current entities of other
         types are deleted (left over from an older configuration). ``None``
-        takes the snapshot as is. Keys should be built with :func:`key_of`.
+        takes the snapshot as is. Keys are built from entities whose ids were
+        checked, by the codec (``syncmessage.snapshot_entities``) or :func:`key_of`.
         """
         if isinstance(types, str):
             # A bare string is a Collection[str] of characters: always a bug.
@@ -246,45 +247,68 @@ class Mirror:
 
         Re-delivery of an entity the mirror already holds, and ``Deleted`` of
         an unknown id, change nothing and emit nothing (Tradovate may
-        re-deliver; clients dedupe). All entities are checked before any is
-        applied, so a MirrorError leaves the state untouched.
+        re-deliver; clients dedupe). Every entity's id is checked before any
+        is applied, so a MirrorError leaves the state untouched. Entities
+        decoded by the codec are checked already: see :meth:`diff_props`.
+        """
+        for entity in entities:
+            key_of(entity_type, entity)
+        return self.diff_props(entity_type, event_type, entities, received_at=received_at)
+
+    def diff_props(
+        self,
+        entity_type: str,
+        event_type: str,
+        entities: Sequence[Entity],
+        *,
+        received_at: str,
+    ) -> list[Change]:
+        """:meth:`diff_event` for entities whose ids are checked already.
+
+        The codec owns that check (``protocol.PropsEvent``: every entity is an
+        object with an integer ``id``), so the worker's hot path does not
+        repeat it; any other caller uses :meth:`diff_event`.
         """
         if event_type not in EVENT_TYPES:
             raise MirrorError(f"{entity_type}: unknown eventType {event_type!r}")
         if len(entities) == 1:
             # The live hot path, written out (see _decode_messages in protocol).
             entity = entities[0]
-            ident = entity.get("id") if type(entity) is dict else None
-            if type(ident) is int:
-                key = (entity_type, ident)
-                pending = self._pending
-                current = pending[key] if key in pending else self._committed.get(key)
-                if event_type == "Deleted":
-                    if current is None:
-                        return []
-                    self._remove(key)
-                elif current == entity:
+            ident = entity["id"]
+            key = (entity_type, ident)
+            pending = self._pending
+            current = pending[key] if key in pending else self._committed.get(key)
+            if event_type == "Deleted":
+                if current is None:
                     return []
-                else:
-                    self._put(key, entity, current is not None)
-                account = ident if entity_type in ACCOUNT_KEYED_TYPES else entity.get("accountId")
-                if type(account) is not int:
-                    account = self._through_parent(entity_type, entity)
-                return [Change("live", entity_type, event_type, ident, entity, received_at, account)]
-        keys = [key_of(entity_type, entity) for entity in entities]
+                self._remove(key)
+                # A Deleted event may carry only the id: the stored entity knows its account.
+                owner = current
+            elif current == entity:
+                return []
+            else:
+                self._put(key, entity, current is not None)
+                owner = entity
+            account = ident if entity_type in ACCOUNT_KEYED_TYPES else owner.get("accountId")
+            if type(account) is not int:
+                account = self._through_parent(entity_type, owner)
+            return [Change("live", entity_type, event_type, ident, entity, received_at, account)]
         changes: list[Change] = []
         deleting = event_type == "Deleted"
-        for key, entity in zip(keys, entities, strict=True):
+        for entity in entities:
+            key = (entity_type, entity["id"])
             current = self.get(key)
             if deleting:
                 if current is None:
                     continue
                 self._remove(key)
+                owner = current
             else:
                 if current == entity:
                     continue
                 self._put(key, entity, current is not None)
-            account = self._attribute(entity_type, entity)
+                owner = entity
+            account = self._attribute(entity_type, owner)
             changes.append(Change("live", entity_type, event_type, key[1], entity, received_at, account))
         return changes
 

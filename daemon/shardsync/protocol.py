@@ -3,12 +3,16 @@
 No I/O happens here.  Everything malformed raises :class:`ProtocolError` (and
 nothing else), carrying a short excerpt of the offending input, so the session
 loop has exactly one exception to turn into "log, resync".
+
+Entity ids are checked here and only here: every entity of a
+:class:`PropsEvent` and of :func:`snapshot_entities` is an object with an
+integer (not bool) ``id``; the worker and the mirror's ``diff_props`` trust it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -108,7 +112,7 @@ class Response:
 
 @dataclass(slots=True)  # not frozen: made per frame, and frozen costs ~1 us more each
 class PropsEvent:
-    """An entity change; ``entities`` holds one or more objects (``entity`` may be a list)."""
+    """An entity change; ``entities`` holds one or more objects (``entity`` may be a list), each with an int ``id``."""
 
     entity_type: str
     event_type: str
@@ -184,7 +188,7 @@ def _decode_close(raw: bytes) -> CloseFrame:
         raise ProtocolError("close frame is not [code, reason]", raw)
     code = body[0]
     reason = body[1] if len(body) == 2 else None
-    if not _is_int(code) or not (reason is None or isinstance(reason, str)):
+    if not is_int(code) or not (reason is None or isinstance(reason, str)):
         raise ProtocolError("close frame is not [code, reason]", raw)
     return CloseFrame(code=code, reason=reason)
 
@@ -221,7 +225,7 @@ def _decode_message(item: Any, origin: bytes) -> Message:
 
 def _decode_response(item: dict[str, Any], origin: bytes) -> Response:
     status, rid = item["s"], item.get("i")
-    if not _is_int(status) or not (rid is None or _is_int(rid)):
+    if not is_int(status) or not (rid is None or is_int(rid)):
         raise ProtocolError("response status or id is not an integer", origin)
     data = item.get("d")
     if not 200 <= status < 300 and isinstance(data, str):
@@ -272,109 +276,15 @@ def _decode_props(data: Any, origin: bytes) -> PropsEvent:
         raise ProtocolError("props event without eventType", origin)
     entities = tuple(entity) if isinstance(entity, list) else (entity,)
     for one in entities:
-        if not isinstance(one, dict) or not _is_int(one.get("id")):
+        if not isinstance(one, dict) or not is_int(one.get("id")):
             raise ProtocolError(f"{entity_type} entity without an integer id", origin)
     return PropsEvent(entity_type=entity_type, event_type=event_type, entities=entities)
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An int that is not a bool (JSON true would otherwise pass as 1)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
-
-# --- snapshots -----------------------------------------------------------------
-
-#: Plural collection name in a SyncMessage -> singular entityType.
-COLLECTIONS: Final[Mapping[str, str]] = {
-    "users": "user",
-    "userProperties": "userProperty",
-    "properties": "property",
-    "accounts": "account",
-    "accountRiskStatuses": "accountRiskStatus",
-    "marginSnapshots": "marginSnapshot",
-    "userAccountAutoLiqs": "userAccountAutoLiq",
-    "cashBalances": "cashBalance",
-    "currencies": "currency",
-    "positions": "position",
-    "fillPairs": "fillPair",
-    "orders": "order",
-    "contracts": "contract",
-    "contractMaturities": "contractMaturity",
-    "products": "product",
-    "exchanges": "exchange",
-    "spreadDefinitions": "spreadDefinition",
-    "commands": "command",
-    "commandReports": "commandReport",
-    "executionReports": "executionReport",
-    "orderVersions": "orderVersion",
-    "fills": "fill",
-    "fillFees": "fillFee",
-    "orderStrategies": "orderStrategy",
-    "orderStrategyLinks": "orderStrategyLink",
-    "userPlugins": "userPlugin",
-    "annualReviews": "annualReview",
-    "userReadStatuses": "userReadStatus",
-    "userPromoCodes": "userPromoCode",
-    "contractGroups": "contractGroup",
-    "orderStrategyTypes": "orderStrategyType",
-}
-
-
-def singular(collection: str) -> str:
-    """The entityType of a snapshot collection, known or not (the official cache's rule)."""
-    known = COLLECTIONS.get(collection)
-    if known is not None:
-        return known
-    if collection.endswith("ies"):
-        return collection[:-3] + "y"
-    if collection.endswith("ses"):
-        return collection[:-2]
-    if collection.endswith("s"):
-        return collection[:-1]
-    return collection
-
-
-def snapshot_entities(data: Any) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every ``(entityType, entity)`` in one snapshot response body.
-
-    Only list-valued keys are collections; ``null`` collections are empty and
-    scalar keys (completion flags of split snapshots) are not entities.
-    """
-    if not isinstance(data, dict):
-        raise ProtocolError("snapshot body is not an object", _dump(data))
-    for key, value in data.items():
-        if value is None or not isinstance(value, list):
-            continue
-        entity_type = singular(key)
-        for entity in value:
-            if not isinstance(entity, dict) or not _is_int(entity.get("id")):
-                raise ProtocolError(f"snapshot {key} entry without an integer id", _dump(entity))
-            yield entity_type, entity
-
-
-#: Scalar keys that servers could use to mark the last chunk of a split snapshot.
-_END_FLAGS: Final = ("done", "end", "last", "complete", "completed", "final", "eos")
-
-
-def is_snapshot_end(data: Any) -> bool:
-    """True when a same-id chunk explicitly marks the end of a split snapshot.
-
-    Two markers are recognised: an empty body (``{}`` or ``null``) and a body
-    holding no collection but a true completion flag (``{"done": true}``...).
-    """
-    if data is None or data == {}:
-        return True
-    if not isinstance(data, dict):
-        return False
-    if any(isinstance(value, list) for value in data.values()):
-        return False
-    return any(data.get(flag) is True for flag in _END_FLAGS)
-
-
-def _dump(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except TypeError:
-        return repr(value).encode()
 
 
 # --- encoding ------------------------------------------------------------------

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shardsync import protocol as p
+from shardsync import syncmessage
 from shardsync.change import EVENT_TYPES
 
 ids = st.integers(min_value=-(2**63), max_value=2**63 - 1)
@@ -89,7 +90,7 @@ def test_arbitrary_json_arrays_raise_only_protocol_error(value: Any) -> None:
         with contextlib.suppress(p.ProtocolError):
             p.decode_frame(raw)
     try:
-        list(p.snapshot_entities(value))
-        p.is_snapshot_end(value)
+        list(syncmessage.snapshot_entities(value))
+        syncmessage.is_snapshot_end(value)
     except p.ProtocolError:
         pass

@@ -6,6 +6,7 @@ import itertools
 import sqlite3
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -390,3 +391,22 @@ def test_props_right_after_the_snapshot_apply_after_reconciliation(
         origins = [e[0] for e in read_events(worker.db_path())]
         assert origins.count("live") >= 30
         assert "resync" not in origins
+
+
+def test_buffered_props_keep_the_time_they_were_read(sim_factory: SimFactory, tmp_path: Path) -> None:
+    """Props buffered during a slow split snapshot are stamped when they were read, not when the snapshot completed."""
+    # Each message in its own frame 0.3 s apart: part, 2 props, part, 2 props, end marker (1.8 s in all).
+    sim = sim_factory(snapshot_mode="split", split_chunks=2, split_end="empty", interleave_props=2, split_delay=0.3)
+    with WorkerRun(sim, tmp_path, snapshot_quiet=30.0) as worker:
+        worker.wait_live(timeout=20)
+        worker.wait_converged()
+        conn = sqlite3.connect(f"file:{worker.db_path()}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = conn.execute("SELECT origin, received_at FROM events ORDER BY seq").fetchall()
+        finally:
+            conn.close()
+    stamp = {origin: [datetime.fromisoformat(at) for o, at in rows if o == origin] for origin in ("snapshot", "live")}
+    # The generator is quiet (event_rate 0): every live row is one of the interleaved, buffered props.
+    assert len(stamp["live"]) >= 3, rows
+    # The first was read 1.5 s before the end marker; stamped at completion it would be within milliseconds of it.
+    assert (min(stamp["snapshot"]) - min(stamp["live"])).total_seconds() >= 0.6, rows

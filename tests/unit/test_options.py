@@ -13,10 +13,10 @@ from shardsync.worker.options import WorkerOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "daemon" / "shardsync"
-#: The worker's code: its package and the post-fork bootstrap (moving to worker/boot.py).
-WORKER_SOURCES = [*sorted((PACKAGE / "worker").glob("*.py")), PACKAGE / "supervisor" / "child.py"]
+#: The worker's code: its package (the post-fork bootstrap included, worker/boot.py).
+WORKER_SOURCES = sorted((PACKAGE / "worker").glob("*.py"))
 #: Fields the configuration file does not set: fixed defaults, overridden only by tests and benches.
-FIXED = {"quota_backoff", "snapshot_quiet", "batch_max", "flush_interval", "permits"}
+FIXED = {"quota_backoff", "snapshot_quiet", "permits"}
 
 
 def settings(**sections: dict[str, Any]) -> Any:
@@ -74,6 +74,8 @@ def test_worker_options_take_every_configured_field_from_the_settings() -> None:
         "sink_kind": ({"sink": {"kind": "jsonl"}}, "jsonl"),
         "sink_path": ({"sink": {"path": "/var/lib/x"}}, "/var/lib/x"),
         "sink_dsn": ({"sink": {"kind": "postgres", "dsn": "postgresql://h/db"}}, "postgresql://h/db"),
+        "batch_max": ({"sink": {"batch_max": 100}}, 100),
+        "flush_interval": ({"sink": {"flush_interval": 0.01}}, 0.01),
     }
     assert set(changes) | FIXED == {f.name for f in dataclasses.fields(WorkerOptions)}
     for name, (sections, value) in changes.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shardsync import protocol as p
+from shardsync import syncmessage
 
 
 def test_open_and_heartbeat_frames() -> None:
@@ -183,29 +184,48 @@ def test_sync_request_body_refuses_forbidden_combinations(kwargs: dict[str, obje
 
 def test_singular_names() -> None:
     """Plural collections map to entity types, known and unknown (ies/ses/s rules)."""
-    assert p.singular("accountRiskStatuses") == "accountRiskStatus"
-    assert p.singular("currencies") == "currency"
-    assert p.singular("fillPairs") == "fillPair"
-    assert p.singular("adminAlertSignals") == "adminAlertSignal"
-    assert p.singular("userAccountPositionLimitStatuses") == "userAccountPositionLimitStatus"
-    assert p.singular("tradingPolicies") == "tradingPolicy"
+    assert syncmessage.singular("accountRiskStatuses") == "accountRiskStatus"
+    assert syncmessage.singular("currencies") == "currency"
+    assert syncmessage.singular("fillPairs") == "fillPair"
+    assert syncmessage.singular("adminAlertSignals") == "adminAlertSignal"
+    assert syncmessage.singular("userAccountPositionLimitStatuses") == "userAccountPositionLimitStatus"
+    assert syncmessage.singular("tradingPolicies") == "tradingPolicy"
 
 
 def test_snapshot_entities_skips_null_and_flags() -> None:
     """Null collections and scalar flags contribute no entities; lists do."""
     data = {"users": [{"id": 1}], "accounts": None, "positions": [{"id": 2}, {"id": 3}], "done": True}
-    assert list(p.snapshot_entities(data)) == [("user", {"id": 1}), ("position", {"id": 2}), ("position", {"id": 3})]
+    expected = [("user", {"id": 1}), ("position", {"id": 2}), ("position", {"id": 3})]
+    assert list(syncmessage.snapshot_entities(data)) == expected
     with pytest.raises(p.ProtocolError):
-        list(p.snapshot_entities({"users": [{"name": "x"}]}))
+        list(syncmessage.snapshot_entities({"users": [{"name": "x"}]}))
     with pytest.raises(p.ProtocolError):
-        list(p.snapshot_entities([1]))
+        list(syncmessage.snapshot_entities([1]))
 
 
 def test_snapshot_end_markers() -> None:
     """Empty bodies and flag-only bodies end a split snapshot; chunks with collections do not."""
-    assert p.is_snapshot_end({})
-    assert p.is_snapshot_end(None)
-    assert p.is_snapshot_end({"done": True})
-    assert not p.is_snapshot_end({"done": True, "users": []})
-    assert not p.is_snapshot_end({"users": [{"id": 1}]})
-    assert not p.is_snapshot_end({"done": False})
+    assert syncmessage.is_snapshot_end({})
+    assert syncmessage.is_snapshot_end(None)
+    assert syncmessage.is_snapshot_end({"done": True})
+    assert not syncmessage.is_snapshot_end({"done": True, "users": []})
+    assert not syncmessage.is_snapshot_end({"users": [{"id": 1}]})
+    assert not syncmessage.is_snapshot_end({"done": False})
+
+
+@pytest.mark.parametrize(
+    "entity",
+    [b'{"name":"x"}', b'{"id":"1"}', b'{"id":null}', b'{"id":true}', b'{"id":1.0}', b'"x"', b'[{"id":1},{"id":false}]'],
+)
+def test_props_entity_ids_are_checked_by_the_codec(entity: bytes) -> None:
+    """The codec owns the entity-id check: any props entity without an integer (non-bool) id is a ProtocolError."""
+    raw = b'a[{"e":"props","d":{"entityType":"order","eventType":"Created","entity":' + entity + b"}}]"
+    with pytest.raises(p.ProtocolError, match="order entity without an integer id"):
+        p.decode_frame(raw)
+
+
+@pytest.mark.parametrize("entry", [{"id": True}, {"id": "1"}, {"id": 1.5}, {"id": None}, "x", 7])
+def test_snapshot_entity_ids_are_checked_by_the_codec(entry: object) -> None:
+    """The codec owns the entity-id check for snapshots too: an entry without an integer id is a ProtocolError."""
+    with pytest.raises(p.ProtocolError, match="positions entry without an integer id"):
+        list(syncmessage.snapshot_entities({"users": [{"id": 1}], "positions": [{"id": 2}, entry]}))

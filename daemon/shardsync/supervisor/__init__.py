@@ -8,5 +8,4 @@
 - ``login`` / ``authcall``: the one login, run in short-lived helper processes.
 - ``processes``: fork, pidfd, kill, waitpid in one injectable value (unit tests fake it).
 - ``status`` (model), ``metrics`` and ``httpd`` (the listener); ``notify`` (sd_notify); ``signals``.
-- ``child``: the forked worker's bootstrap (moving to ``worker/boot.py``).
 """

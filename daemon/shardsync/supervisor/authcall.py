@@ -22,8 +22,8 @@ from shardsync.config import Settings
 from shardsync.credentials import Credentials
 from shardsync.prctl import set_pdeathsig
 from shardsync.secrets import register_secret
-from shardsync.supervisor.child import close_inherited
 from shardsync.supervisor.tokens import Action, DoLogin, DoRenew
+from shardsync.worker.boot import close_inherited
 
 
 class AuthCall:

@@ -31,4 +31,6 @@ def worker_options(settings: Settings) -> WorkerOptions:
         sink_kind=sink.kind,
         sink_path=sink.path,
         sink_dsn=sink.dsn,
+        batch_max=sink.batch_max,
+        flush_interval=sink.flush_interval,
     )

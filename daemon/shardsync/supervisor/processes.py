@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from shardsync.config import Settings
 from shardsync.credentials import Credentials
 from shardsync.supervisor.authcall import AuthCall
-from shardsync.supervisor.child import run_child
 from shardsync.supervisor.tokens import Action
+from shardsync.worker.boot import run_child
 from shardsync.worker.options import WorkerOptions
 
 __all__ = ["Launch", "Processes", "describe", "fork_worker"]

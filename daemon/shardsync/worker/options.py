@@ -20,7 +20,7 @@ class WorkerOptions:
     split_responses: bool = True
     ca_file: str = ""
     handshake_timeout: float = 10.0
-    idle_timeout: float = 30.0
+    idle_timeout: float = 10.0
     heartbeat_interval: float = 1.0
     backoff_initial: float = 0.5
     backoff_max: float = 60.0

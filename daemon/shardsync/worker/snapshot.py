@@ -10,19 +10,23 @@ decided by this rule, first match wins:
    last one: complete.  Props interleaved between parts do not extend the wait,
    because a server streaming live events would otherwise postpone it forever.
 
-Props that arrive before completion are buffered and handed back in order, to
-be applied after the snapshot has been reconciled.  A same-id part arriving
-after completion is "late": the quiet rule fired too early, so the session
-resyncs with a doubled quiet period (worker/session.py ``_late_part``).
+Props that arrive before completion are buffered and handed back in order,
+each with the time it was received, to be applied after the snapshot has been
+reconciled.  A same-id part arriving
+after completion is "late" (:meth:`SnapshotAssembler.on_late`): the quiet
+rule fired too early, so the session resyncs with a doubled quiet period.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
-from shardsync import protocol
+from shardsync import syncmessage
 from shardsync.change import Key
 from shardsync.protocol import PropsEvent, ProtocolError, Response, SystemEvent
+
+#: The quiet period never grows beyond this (a late part doubles it).
+MAX_QUIET: Final = 30.0
 
 
 class SyncRejected(Exception):
@@ -42,7 +46,8 @@ class SnapshotAssembler:
         self.split = split
         self.quiet = quiet
         self.entities: dict[Key, dict[str, Any]] = {}
-        self.buffered: list[PropsEvent | SystemEvent] = []
+        #: Events that arrived before completion, in order, each with its receive time.
+        self.buffered: list[tuple[PropsEvent | SystemEvent, str]] = []
         self.parts = 0
         self.complete = False
         self._last_part_at: float | None = None
@@ -53,19 +58,36 @@ class SnapshotAssembler:
             raise SyncRejected(response.status, response.error_text or "time penalty")
         self.parts += 1
         self._last_part_at = now
-        if self.split and protocol.is_snapshot_end(response.data):
+        if self.split and syncmessage.is_snapshot_end(response.data):
             self.complete = True
             return
         if response.data is None:
             raise ProtocolError("sync response without a body", b"")
-        for entity_type, entity in protocol.snapshot_entities(response.data):
+        for entity_type, entity in syncmessage.snapshot_entities(response.data):
+            # The codec checked the id (syncmessage.snapshot_entities).
             self.entities[(entity_type, entity["id"])] = entity
         if not self.split:
             self.complete = True
 
-    def on_event(self, event: PropsEvent | SystemEvent) -> None:
-        """Keep an event that arrived before the snapshot was complete."""
-        self.buffered.append(event)
+    def on_late(self, response: Response) -> float | None:
+        """A same-id part after completion: the quiet period to resync with, or None when it changes nothing.
+
+        Merging it is not safe: it holds snapshot-time state, possibly older than
+        live props applied since (an entity deleted meanwhile would come back).
+        The reconciliation already emitted was against a partial snapshot; the
+        resync corrects it.  The quiet period doubles (up to ``MAX_QUIET``) so a
+        slow server's snapshot completes on the next attempt.  A late end
+        marker changes nothing; a late refusal raises SyncRejected.
+        """
+        if not response.ok:
+            raise SyncRejected(response.status, response.error_text)
+        if syncmessage.is_snapshot_end(response.data):
+            return None
+        return min(2 * self.quiet, MAX_QUIET)
+
+    def on_event(self, event: PropsEvent | SystemEvent, received_at: str) -> None:
+        """Keep an event that arrived (at ``received_at``) before the snapshot was reconciled."""
+        self.buffered.append((event, received_at))
 
     def deadline(self) -> float | None:
         """When the quiet rule completes the snapshot, if it can."""

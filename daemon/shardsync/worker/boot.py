@@ -56,9 +56,11 @@ def run_child(
             signal.signal(sig, signal.SIG_IGN)
         for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_DFL)
-        from shardsync.worker import session
+        # Imported only here, after fork: the parent that imports this module
+        # never loads the worker's session, its WebSocket client or its sinks.
+        from shardsync.worker import parent, session
 
-        signal.signal(signal.SIGTERM, session.on_terminate)
+        signal.signal(signal.SIGTERM, parent.on_terminate)
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         scrub_environ()
         _set_title(f"shardsync: shard {remainder}/{options.divisor}")

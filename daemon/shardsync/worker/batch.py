@@ -1,0 +1,147 @@
+"""A shard's pending changes and their one way out: a sink transaction, then the mirror's acknowledgement.
+
+The mirror hands out changes (live events, a snapshot's reconciliation) as a
+pending overlay; :meth:`Batch.commit` writes them to the sink in one
+transaction and only then commits them in the mirror: commit, then ack.  A
+failed write rolls the mirror back to what the sink holds, and the session
+resyncs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from shardsync.change import Change, Entity, Key
+from shardsync.mirror import Mirror, MirrorError
+from shardsync.protocol import PropsEvent, SystemEvent
+from shardsync.sinks import Sink, SinkError, open_sink
+from shardsync.worker.options import WorkerOptions
+from shardsync.worker.parent import Vitals
+
+
+class Batch:
+    """The changes not yet committed, and when to commit them."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        mirror: Mirror,
+        *,
+        batch_max: int,
+        flush_interval: float,
+        clock: Callable[[], float],
+        vitals: Vitals,
+        log: Any,
+    ) -> None:
+        self.sink = sink
+        self.mirror = mirror
+        self._batch_max = batch_max
+        self._flush_interval = flush_interval
+        self._clock = clock
+        self._vitals = vitals
+        self.log = log
+        self._pending: list[Change] = []
+        self._pending_since = 0.0
+
+    @classmethod
+    def open(
+        cls,
+        options: WorkerOptions,
+        remainder: int,
+        *,
+        announce: Callable[[float], None],
+        clock: Callable[[], float],
+        vitals: Vitals,
+        log: Any,
+    ) -> Batch:
+        """Open the shard's sink and load the mirror from it; on SinkError nothing is left open.
+
+        ``announce(seconds)`` is told before the load, which may block that long.
+        """
+        sink = open_sink(options.sink_kind, path=options.sink_path, dsn=options.sink_dsn, remainder=remainder,
+                         divisor=options.divisor)
+        try:
+            announce(60.0)
+            mirror = Mirror(sink.load())
+        except BaseException:
+            sink.close()
+            raise
+        vitals.mirror = mirror
+        return cls(sink, mirror, batch_max=options.batch_max, flush_interval=options.flush_interval, clock=clock,
+                   vitals=vitals, log=log)
+
+    def room(self) -> int:
+        """How many more changes the batch takes before it must be committed."""
+        return self._batch_max - len(self._pending)
+
+    def apply(self, event: PropsEvent | SystemEvent, received_at: str) -> None:
+        """Diff one live event (read at ``received_at``) against the mirror and keep its changes."""
+        mirror = self.mirror
+        if type(event) is PropsEvent:
+            entity_type, event_type = event.entity_type, event.event_type
+            try:
+                changes = mirror.diff_props(entity_type, event_type, event.entities, received_at=received_at)
+            except MirrorError as exc:
+                # Kept as a system record so nothing is lost, and loudly.
+                self.log.warning("unusable_event_kept", error=str(exc), entity_type=entity_type)
+                payload = {"entityType": entity_type, "eventType": event_type, "entity": list(event.entities)}
+                self.add([mirror.system("props", payload, received_at=received_at)])
+                return
+            self._vitals.events += 1
+            if changes:
+                self.add(changes)
+            return
+        assert isinstance(event, SystemEvent)
+        self.add([mirror.system(event.name, event.data, received_at=received_at)])
+        self.log.info("system_event", name=event.name)
+
+    def reconcile(
+        self,
+        snapshot: Mapping[Key, Entity],
+        buffered: list[tuple[PropsEvent | SystemEvent, str]],
+        *,
+        received_at: str,
+    ) -> int:
+        """Diff a complete snapshot, apply the events buffered meanwhile and commit; returns the snapshot's changes."""
+        # The snapshot is the whole truth for the shard: whatever the server sent
+        # is kept (live props are not filtered either), whatever it did not is gone.
+        changes = self.mirror.diff_snapshot(snapshot, types=None, received_at=received_at)
+        self.add(changes)
+        for event, event_received_at in buffered:
+            self.apply(event, event_received_at)
+        self.commit()
+        return len(changes)
+
+    def add(self, changes: list[Change]) -> None:
+        if changes and not self._pending:
+            self._pending_since = self._clock()
+        self._pending += changes
+
+    def due(self, waiting: Callable[[], bool]) -> bool:
+        """Commit now, or keep reading to make a bigger batch?
+
+        A commit costs about as much as hundreds of changes, so under load the
+        batch grows while more frames are ``waiting()``, up to ``batch_max``
+        changes or ``flush_interval`` seconds of age; when the socket is
+        quiet, the changes are committed at once.
+        """
+        if not self._pending:
+            return False
+        if len(self._pending) >= self._batch_max:
+            return True
+        if self._clock() - self._pending_since >= self._flush_interval:
+            return True
+        return not waiting()
+
+    def commit(self) -> None:
+        """Write the pending changes in one sink transaction, then acknowledge them to the mirror."""
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        try:
+            self.sink.write(batch)
+        except SinkError:
+            self.mirror.rollback()
+            raise
+        self.mirror.commit()
