@@ -18,6 +18,10 @@ everything else in :meth:`FrameReader.read`, which
   or a huge message arriving slowly never hold the caller's loop;
 - keeps the last ping's payload in :attr:`FrameReader.ping` for the caller
   to answer (RFC 6455 5.5.3 allows one pong for several pings).
+
+Memory: a payload grows only as its bytes arrive (whatever its header
+claims), and a complete message is joined once: at most about twice
+``max_message_bytes`` plus one ``CHUNK``.
 """
 
 from __future__ import annotations
