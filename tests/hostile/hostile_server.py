@@ -98,7 +98,11 @@ class Peer:
         threading.Thread(target=self._record, daemon=True, name="hostile-recorder").start()
 
     def _record(self) -> None:
-        self.sock.settimeout(0.2)
+        try:
+            self.sock.settimeout(0.2)
+        except OSError:  # already closed
+            self.client_gone.set()
+            return
         while not self.stopping:
             try:
                 chunk = self.sock.recv(65536)
@@ -270,6 +274,9 @@ class HostileServer:
             raise
         finally:
             # A script that wants the connection kept open waits (peer.wait_gone) before returning.
+            # A recorder is given a moment to read what the client sent last (closing would drop it).
+            if peer._recording:
+                peer.client_gone.wait(1.0)
             peer.close()
 
     def received(self) -> bytes:

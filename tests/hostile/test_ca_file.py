@@ -78,6 +78,7 @@ def test_wss_to_a_plaintext_server_is_never_downgraded(hostile: Hostile, ca_file
     server = hostile(plaintext)
     with pytest.raises(HandshakeFailed, match="TLS handshake failed"):
         Connection.open(server.url().replace("ws://", "wss://"), handshake_timeout=5, ca_file=ca_file)
+    assert server.peer().wait_gone(5)  # everything the client ever sent is recorded
     received = server.received()
     assert received[:1] == b"\x16"  # a TLS ClientHello record
     assert b"GET " not in received and b"Upgrade" not in received

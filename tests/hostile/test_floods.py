@@ -92,6 +92,7 @@ def test_a_ping_flood_never_holds_the_loop(hostile: Hostile) -> None:
     assert seen.error is None and seen.messages == [b"o"]
     assert seen.overshoot < SLACK
     peer = server.peer()
+    assert peer.wait_gone(5)  # all the client sent is recorded
     assert max(heartbeat_gaps(peer, started, ended)) < 0.5 + SLACK
     assert conn.control_frames > 10_000  # it really was a flood, and every ping was parsed
     pongs = [a for a in peer.client_frames() if a.frame.opcode == 0xA]
@@ -117,6 +118,7 @@ def test_endless_fragments_keep_the_loop_breathing_until_the_total_is_refused(ho
     assert isinstance(seen.error, MessageTooLarge) and "fragmented message over 67108864" in str(seen.error)
     assert seen.messages == [b"o"] and seen.overshoot < SLACK
     assert ended - started > 2.0  # the flood lasted long enough to need many slices
+    assert server.peer().wait_gone(5)
     assert max(heartbeat_gaps(server.peer(), started, ended - 0.1)) < 0.5 + SLACK
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import ssl
+import types
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hostile_server import HostileServer, Peer, http_response
 
+from integration.worker_harness import WorkerRun
+from polling import wait_until
 from shardsync.auth import Failed, renew_token, request_token
 from shardsync.credentials import Credentials
 from shardsync.worker.connection import Connection, HandshakeFailed
@@ -47,6 +51,21 @@ def test_a_wss_handshake_redirected_to_plain_ws_elsewhere_fails_and_nothing_reac
     assert "leak" not in str(error)  # only the Location's host is named
     assert first.peer().head.startswith(b"GET /v1/websocket HTTP/1.1")  # the configured server was asked
     assert target.peers == [] and target.received() == b""
+
+
+def test_a_real_worker_redirected_never_sends_its_token_and_reports_status_and_host(
+    hostile: Hostile, tmp_path: Path
+) -> None:
+    """The worker's handshake answered 302 to another server: its error names 302 and the host; no token anywhere."""
+    target = hostile(record_everything)
+    first = hostile(redirect_to(target.url()))
+    stand_in = types.SimpleNamespace(ws_url=first.url())
+    with WorkerRun(stand_in, tmp_path, token=TOKEN) as worker:  # type: ignore[arg-type]
+        beat = wait_until(lambda: (b := worker.last_beat()) and b.last_error and b, 10, "the failed connect reported")
+        wait_until(lambda: len(first.peers) >= 2, 10, "a retry (to the configured server again)")
+    assert "HTTP 302, a redirect to 127.0.0.1: not followed" in beat.last_error
+    assert target.peers == [] and target.received() == b""
+    assert TOKEN.encode() not in first.received()
 
 
 def test_a_redirect_to_a_host_name_is_named_by_host_only(hostile: Hostile) -> None:
