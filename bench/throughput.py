@@ -19,10 +19,10 @@ for a core on a shared machine.  Targets (issue 3): jsonl >= 0.6,
 sqlite >= 0.4.
 
 The bare loop is websocket-client's own ``recv_data()``, the library's
-limit.  The worker connects, sends and handles every other kind of frame
-through websocket-client too, but takes whole, final, unmasked text frames
-(nearly all of the stream) straight from its read-ahead buffer
-(worker/connection.py), about 1 us a frame instead of about 10: so its
+limit.  The worker reads frames with its own bounded reader
+(worker/frames.py; websocket-client only frames what it sends) and takes
+whole, final, unmasked text frames (nearly all of the stream) straight from
+its read-ahead buffer, about 1 us a frame instead of about 10: so its
 receive path is faster than the baseline's and the ratio measures what the
 rest of the worker (decode, mirror, sink) costs on top.
 """

@@ -29,8 +29,9 @@ import orjson
 
 from shardsync.config.values import is_loopback
 from shardsync.credentials import Credentials
-from shardsync.protocol import ProtocolError, penalty_of
+from shardsync.protocol import ProtocolError, excerpt, penalty_of
 from shardsync.secrets import masked_repr, register_secret
+from shardsync.tls import client_context
 
 __all__ = [
     "Captcha",
@@ -116,7 +117,14 @@ def parse_expiration(text: str) -> float:
 
 
 class _Unreachable(Exception):
-    """No HTTP answer at all (DNS, connect, TLS, timeout, a broken response)."""
+    """No HTTP answer at all (DNS, connect, TLS, timeout, a broken response), or a redirect (never followed)."""
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx stays an answer: credentials and tokens go only to the configured host and scheme."""
+
+    def redirect_request(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
 
 
 def _check_url(url: str) -> None:
@@ -127,18 +135,43 @@ def _check_url(url: str) -> None:
         raise ValueError("the REST URL must be https:// (plain http:// only to a loopback host)")
 
 
-def _http(url: str, *, body: bytes | None, headers: dict[str, str], timeout: float) -> tuple[int, bytes]:
-    """One request; the status and the raw body (also of an HTTP error status)."""
+def _opener(url: str, ca_file: str) -> urllib.request.OpenerDirector:
+    """urllib's handlers with redirects refused; https verified against the system CAs plus ``ca_file``."""
+    handlers: list[urllib.request.BaseHandler] = [_RefuseRedirects()]
+    if url.startswith("https"):
+        try:
+            context = client_context(ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise _Unreachable(f"ca_file {ca_file!r} is not a usable PEM CA bundle: {exc}") from None
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    return urllib.request.build_opener(*handlers)
+
+
+def _redirect_reason(status: int, location: str | None) -> str:
+    """Why a 3xx failed the call: its status and the Location's host only (a Location may carry anything)."""
+    try:
+        host = urlsplit((location or "").strip()).hostname
+    except ValueError:
+        host = None
+    target = excerpt(host, 100) if host else "(the same host)" if location else "(no Location)"
+    return f"HTTP {status} redirect to {target} refused (redirects are never followed)"
+
+
+def _http(
+    url: str, *, body: bytes | None, headers: dict[str, str], timeout: float, ca_file: str = ""
+) -> tuple[int, bytes]:
+    """One request, never redirected; the status and the raw body (also of an HTTP error status)."""
     _check_url(url)
     method = "POST" if body is not None else "GET"
     request = urllib.request.Request(url, data=body, headers=headers, method=method)  # noqa: S310 - checked above
-    # certificate and host name verified (the default context); only https uses it
-    context = ssl.create_default_context() if url.startswith("https") else None
     try:
-        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
+        with _opener(url, ca_file).open(request, timeout=timeout) as response:
             status, raw = int(response.status), response.read(MAX_BODY + 1)
     except urllib.error.HTTPError as exc:
         status = exc.code
+        if 300 <= status < 400:
+            exc.close()
+            raise _Unreachable(_redirect_reason(status, exc.headers.get("Location"))) from None
         try:
             raw = exc.read(MAX_BODY + 1)
         except (OSError, http.client.HTTPException):
@@ -206,6 +239,7 @@ def request_token(
     device_id: str,
     ticket: str | None = None,
     timeout: float = 10.0,
+    ca_file: str = "",
 ) -> Outcome:
     """One ``POST auth/accesstokenrequest`` (with ``p-ticket`` when given), classified; never sleeps."""
     register_secret(credentials.password)
@@ -223,7 +257,7 @@ def request_token(
         body["p-ticket"] = ticket
     try:
         status, raw = _http(_endpoint(rest_url, "/auth/accesstokenrequest"), body=orjson.dumps(body),
-                            headers=_JSON_HEADERS, timeout=timeout)
+                            headers=_JSON_HEADERS, timeout=timeout, ca_file=ca_file)
     except _Unreachable as exc:
         return Failed(f"cannot reach the REST endpoint: {exc}")
     return _token_outcome(status, raw, Refused)
@@ -247,7 +281,7 @@ def _token_outcome(status: int, raw: bytes, on_error_text: Callable[[str], Outco
     return _grant_of(data)
 
 
-def renew_token(rest_url: str, token: str, *, timeout: float = 10.0) -> Outcome:
+def renew_token(rest_url: str, token: str, *, timeout: float = 10.0, ca_file: str = "") -> Outcome:
     """One ``GET auth/renewaccesstoken`` with the bearer token, classified; never sleeps.
 
     401 (and 400, which some docs list for an expired token) or an ``errorText``
@@ -257,7 +291,7 @@ def renew_token(rest_url: str, token: str, *, timeout: float = 10.0) -> Outcome:
     headers = {"Accept": "application/json", "Authorization": f"Bearer {token}"}
     try:
         status, raw = _http(_endpoint(rest_url, "/auth/renewaccesstoken"), body=None, headers=headers,
-                            timeout=timeout)
+                            timeout=timeout, ca_file=ca_file)
     except _Unreachable as exc:
         return Failed(f"cannot reach the REST endpoint: {exc}")
     if status in (400, 401):

@@ -203,12 +203,12 @@ def test_malformed_frames_resync_and_lose_nothing(sim_factory: SimFactory, tmp_p
 
 
 def test_huge_frames_are_accepted(sim_factory: SimFactory, tmp_path: Path) -> None:
-    """A 65 MiB frame is received whole, without a reconnect, and applied."""
+    """A 60 MiB frame (under the 64 MiB max_message_bytes default) arrives whole, without a reconnect, applied."""
     sim = sim_factory()
     with WorkerRun(sim, tmp_path, idle_timeout=60.0) as worker:
         worker.wait_live()
         frames = worker.last_beat().frames  # type: ignore[union-attr]
-        sim.malformed("huge", remainder=0, size_mib=65)
+        sim.malformed("huge", remainder=0, size_mib=60)
         wait_until(lambda: worker.last_beat().frames > frames, 60, "the huge frame")  # type: ignore[union-attr]
         beat = worker.last_beat()
         assert beat is not None and beat.reconnects == 0 and beat.state == "live"

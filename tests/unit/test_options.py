@@ -68,6 +68,7 @@ def test_worker_options_take_every_configured_field_from_the_settings() -> None:
         "ca_file": ({"tradovate": {"ca_file": __file__}}, __file__),
         "handshake_timeout": ({"tradovate": {"handshake_timeout": 3.0}}, 3.0),
         "idle_timeout": ({"tradovate": {"idle_timeout": 4.0}}, 4.0),
+        "max_message_bytes": ({"tradovate": {"max_message_bytes": 1 << 20}}, 1 << 20),
         "heartbeat_interval": ({"supervisor": {"heartbeat_interval": 0.5}}, 0.5),
         "backoff_initial": ({"supervisor": {"backoff_initial": 0.25}}, 0.25),
         "backoff_max": ({"supervisor": {"backoff_max": 7.0}}, 7.0),

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 
 import pytest
 import structlog
-import websocket
 
 from shardsync import ipc, protocol
 from shardsync.protocol import HeartbeatFrame, PropsEvent, ProtocolError
@@ -34,10 +33,7 @@ class Rig:
 
     def __init__(self, *, idle_timeout: float = 10.0) -> None:
         ours, self.server = socket.socketpair()
-        ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=False)
-        ws.sock = ours
-        ws.connected = True
-        self.conn = Connection(ws)
+        self.conn = Connection(ours)
         self.inbox_r, self.inbox_w = os.pipe()
         self.selector = selectors.DefaultSelector()
         self.sent: list[ipc.Message] = []

@@ -90,12 +90,12 @@ def _child(action: Action, settings: Settings, credentials: Credentials, fd: int
         t = settings.tradovate
         outcome: Outcome
         if isinstance(action, DoRenew):
-            outcome = auth.renew_token(t.rest_url, action.token, timeout=timeout)
+            outcome = auth.renew_token(t.rest_url, action.token, timeout=timeout, ca_file=t.ca_file)
         else:
             assert isinstance(action, DoLogin)
             outcome = auth.request_token(
                 t.rest_url, credentials, app_id=t.app_id, app_version=t.app_version, cid=t.cid,
-                device_id=t.device_id, ticket=action.ticket, timeout=timeout,
+                device_id=t.device_id, ticket=action.ticket, timeout=timeout, ca_file=t.ca_file,
             )
         data = outcome_to_json(outcome)
         view = memoryview(data)

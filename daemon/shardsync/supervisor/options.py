@@ -25,6 +25,7 @@ def worker_options(settings: Settings) -> WorkerOptions:
         ca_file=t.ca_file,
         handshake_timeout=t.handshake_timeout,
         idle_timeout=t.idle_timeout,
+        max_message_bytes=t.max_message_bytes,
         heartbeat_interval=sup.heartbeat_interval,
         backoff_initial=sup.backoff_initial,
         backoff_max=sup.backoff_max,

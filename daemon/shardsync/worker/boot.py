@@ -54,7 +54,11 @@ def run_child(
         for sig in (signal.SIGHUP, signal.SIGINT):
             # The parent owns reloads and Ctrl-C; it stops workers itself.
             signal.signal(sig, signal.SIG_IGN)
-        for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGUSR1, signal.SIGUSR2):
+        # A server that resets the connection must cost a reconnect, never the
+        # worker: with SIGPIPE ignored a write to a dead socket raises EPIPE,
+        # which ends the session like any other connection loss.
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        for sig in (signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_DFL)
         # Imported only here, after fork: the parent that imports this module
         # never loads the worker's session, its WebSocket client or its sinks.

@@ -21,6 +21,8 @@ class WorkerOptions:
     ca_file: str = ""
     handshake_timeout: float = 10.0
     idle_timeout: float = 10.0
+    #: Largest WebSocket message (and total of a fragmented one), checked before the payload is read.
+    max_message_bytes: int = 64 << 20
     heartbeat_interval: float = 1.0
     backoff_initial: float = 0.5
     backoff_max: float = 60.0

@@ -52,6 +52,7 @@ class Receiver:
         now = clock()
         vitals.last_frame_at = now
         self._next_ping = now + protocol.HEARTBEAT_INTERVAL
+        self._control_seen = conn.control_frames
 
     def read(self, room: int, quiet: float | None) -> Received:
         """Wait for the next deadline or input; return what was read meanwhile.
@@ -64,7 +65,11 @@ class Receiver:
         """
         conn, clock = self._conn, self._clock
         deadline = self._tick(quiet)
-        if not (conn.buffered() or self.poll(max(0.0, deadline - clock()))):
+        if conn.buffered():
+            # The parent's fds are served in every pass, even while a flood keeps
+            # the read-ahead full: Stop, Token and Permit must never wait for it.
+            self.poll(0.0)
+        elif not self.poll(max(0.0, deadline - clock())):
             return "", []
         received_at = self._now_iso()
         # One timeout for the whole pass: it bounds the wait for the rest of a
@@ -95,6 +100,10 @@ class Receiver:
                 break
         if frames:
             self._vitals.frames += frames
+        # Any frame is liveness, pings and fragments too (they complete no message).
+        control = conn.control_frames
+        if frames or control != self._control_seen:
+            self._control_seen = control
             self._vitals.last_frame_at = clock()
         return received_at, messages
 

@@ -143,7 +143,8 @@ class Worker:
         try:
             with interruptible():
                 conn = Connection.open(
-                    self.options.ws_url, handshake_timeout=self.options.handshake_timeout, ca_file=self.options.ca_file
+                    self.options.ws_url, handshake_timeout=self.options.handshake_timeout, ca_file=self.options.ca_file,
+                    max_message_bytes=self.options.max_message_bytes,
                 )
         except ConnectionLost as exc:
             raise SessionEnded(str(exc)) from None
