@@ -16,7 +16,14 @@ from typing import Any, ClassVar, Final
 
 import orjson
 
+from shardsync.clip import clip
+
 MAX_FRAME: Final = 1 << 20
+#: Server text carried in a message (``last_error``, a refusal's reason) is clipped to this:
+#: no message can outgrow its frame, whatever a server answers.
+MAX_TEXT: Final = 300
+#: Upper bounds (seconds) of the sink commit latency histogram every worker reports (plus +Inf).
+COMMIT_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _HEADER = struct.Struct(">I")
 
 
@@ -67,7 +74,11 @@ class Heartbeat:
     """Sent from the worker's own loop every ``heartbeat_interval`` seconds.
 
     ``busy_for`` announces a blocking step (a handshake, a large commit) that
-    may delay the next heartbeat by that many seconds.
+    may delay the next heartbeat by that many seconds.  Times named ``*_at``
+    are wall-clock epoch seconds; the process figures (RSS, CPU seconds, open
+    fds) are the worker's own, read from /proc.  ``commits`` counts committed
+    batches by latency: one cumulative count per :data:`COMMIT_BUCKETS` bound
+    and a last one for +Inf, with ``commit_seconds`` their sum.
     """
 
     TYPE: ClassVar[str] = "heartbeat"
@@ -80,10 +91,24 @@ class Heartbeat:
     reconnects: int
     last_error: str | None
     busy_for: float = 0.0
+    rss_bytes: int = 0
+    cpu_seconds: float = 0.0
+    open_fds: int = 0
+    last_event_at: float | None = None
+    last_commit_at: float | None = None
+    snapshot_seconds: float | None = None
+    commits: tuple[int, ...] = ()
+    commit_seconds: float = 0.0
+    quarantined: int = 0
+    unattributed: int = 0
 
     def __post_init__(self) -> None:
-        # Decoded from JSON the state is a plain string; an unknown one is a malformed message.
+        # Decoded from JSON the state is a plain string (an unknown one is a
+        # malformed message) and the counts a list.
         object.__setattr__(self, "state", ShardState(self.state))
+        object.__setattr__(self, "commits", tuple(self.commits))
+        if self.last_error is not None and len(self.last_error) > MAX_TEXT:
+            object.__setattr__(self, "last_error", clip(self.last_error, MAX_TEXT))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +124,44 @@ class NeedPermit:
     """The worker wants to (re)connect and waits for a connect permit."""
 
     TYPE: ClassVar[str] = "need_permit"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The server refused a request that retrying on a new socket will not fix by itself.
+
+    ``endpoint`` is ``authorize`` (any refusal but 401, which is :class:`NeedToken`)
+    or ``user/syncrequest`` (any 4xx/5xx but 429, which is :class:`Throttled`);
+    ``text`` is the server's reason, clipped.  The parent counts them per shard
+    and parks a shard that keeps being refused (a configuration error).
+    """
+
+    TYPE: ClassVar[str] = "rejected"
+    endpoint: str
+    status: int
+    text: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", clip(self.text, MAX_TEXT))
+
+
+@dataclass(frozen=True, slots=True)
+class Throttled:
+    """The server said to slow down for the whole API user, not just this socket.
+
+    ``reason``: ``ws429`` (a 429 answer), ``quota`` (a ConnectionQuotaReached or
+    IPQuotaReached shutdown) or ``captcha`` (a p-captcha answer).  The parent
+    pauses every shard's new handshakes (it holds the connect permits) for
+    ``lockout_backoff`` or ``captcha_backoff``.
+    """
+
+    TYPE: ClassVar[str] = "throttled"
+    reason: str
+    endpoint: str
+    text: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", clip(self.text, MAX_TEXT))
 
 
 # --- parent -> worker ------------------------------------------------------------
@@ -130,10 +193,10 @@ class Stop:
     TYPE: ClassVar[str] = "stop"
 
 
-Message = Hello | Heartbeat | NeedToken | NeedPermit | Token | Permit | Stop
+Message = Hello | Heartbeat | NeedToken | NeedPermit | Rejected | Throttled | Token | Permit | Stop
 
 _TYPES: Final[dict[str, type[Any]]] = {
-    cls.TYPE: cls for cls in (Hello, Heartbeat, NeedToken, NeedPermit, Token, Permit, Stop)
+    cls.TYPE: cls for cls in (Hello, Heartbeat, NeedToken, NeedPermit, Rejected, Throttled, Token, Permit, Stop)
 }
 
 

@@ -31,6 +31,8 @@ EVERY_MESSAGE: list[ipc.Message] = [
     BEAT,
     ipc.NeedToken(rejected="ab12cd34"),
     ipc.NeedPermit(),
+    ipc.Rejected(endpoint="user/syncrequest", status=400, text="unknown entityTypes: bogus"),
+    ipc.Throttled(reason="ws429", endpoint="user/syncrequest", text=""),
     ipc.Token(value="secret-token", expires_at=1700000000.5),
     ipc.Permit(),
     ipc.Stop(),
@@ -51,10 +53,10 @@ def frame(body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
-def heartbeat_with_body_size(size: int) -> ipc.Heartbeat:
-    """A heartbeat whose encoded body is exactly ``size`` bytes (padded through last_error)."""
-    base = len(ipc.encode(ipc.Heartbeat(**{**_fields(BEAT), "last_error": ""}))) - 4
-    message = ipc.Heartbeat(**{**_fields(BEAT), "last_error": "x" * (size - base)})
+def token_with_body_size(size: int) -> ipc.Token:
+    """A Token whose encoded body is exactly ``size`` bytes (padded through its value, the one unclipped text)."""
+    base = len(ipc.encode(ipc.Token(value="", expires_at=1.0))) - 4
+    message = ipc.Token(value="x" * (size - base), expires_at=1.0)
     assert len(ipc.encode(message)) - 4 == size
     return message
 
@@ -89,16 +91,16 @@ def test_the_token_is_masked_in_its_repr() -> None:
 
 def test_encode_accepts_a_body_of_exactly_max_frame_and_refuses_one_byte_more() -> None:
     """MAX_FRAME is the largest body encode writes; one byte more is refused before anything is sent."""
-    assert len(ipc.encode(heartbeat_with_body_size(MAX_FRAME))) == 4 + MAX_FRAME
+    assert len(ipc.encode(token_with_body_size(MAX_FRAME))) == 4 + MAX_FRAME
     with pytest.raises(IPCError, match="exceeds"):
-        ipc.encode(heartbeat_with_body_size(MAX_FRAME + 1))
+        ipc.encode(token_with_body_size(MAX_FRAME + 1))
 
 
 def test_send_refuses_an_oversized_message_and_writes_nothing(pipe: tuple[int, int]) -> None:
     """An oversized message raises IPCError in send and leaves the pipe empty."""
     r, w = pipe
     with pytest.raises(IPCError):
-        ipc.send(w, heartbeat_with_body_size(MAX_FRAME + 1))
+        ipc.send(w, token_with_body_size(MAX_FRAME + 1))
     with pytest.raises(BlockingIOError):
         os.read(r, 1)
 
@@ -183,7 +185,7 @@ def test_an_oversized_length_header_is_refused_before_its_body_arrives(pipe: tup
 
 def test_a_frame_of_exactly_max_frame_is_read() -> None:
     """The reader takes a body of exactly MAX_FRAME bytes, arriving over many reads."""
-    message = heartbeat_with_body_size(MAX_FRAME)
+    message = token_with_body_size(MAX_FRAME)
     with tempfile.TemporaryFile() as file:
         file.write(ipc.encode(message))
         file.flush()
@@ -256,3 +258,24 @@ def test_non_blocking_send_into_a_full_pipe_writes_nothing(pipe: tuple[int, int]
     except BlockingIOError:
         pass
     assert drained == filled
+
+
+@pytest.mark.parametrize("make", [
+    lambda text: ipc.Heartbeat(**{**_fields(BEAT), "last_error": text}),
+    lambda text: ipc.Rejected(endpoint="authorize", status=500, text=text),
+    lambda text: ipc.Throttled(reason="captcha", endpoint="authorize", text=text),
+])
+def test_server_text_is_clipped_so_no_message_can_outgrow_its_frame(make: object) -> None:
+    """A 2 MB server error page in a heartbeat or a refusal is clipped to MAX_TEXT printable characters."""
+    message = make("\x00<html>" + "x" * 2_000_000)  # type: ignore[operator]
+    text = message.last_error if isinstance(message, ipc.Heartbeat) else message.text
+    assert len(text) <= ipc.MAX_TEXT + 1 and text.isprintable()
+    assert len(ipc.encode(message)) < 4096
+    assert ipc.decode(ipc.encode(message)[4:]) == message
+
+
+def test_a_heartbeat_carries_the_latency_histogram_as_a_tuple() -> None:
+    """commits (a list on the worker's side) comes back from the pipe as a tuple of counts."""
+    beat = ipc.Heartbeat(**{**_fields(BEAT), "commits": [1, 2, 3], "rss_bytes": 10})
+    decoded = ipc.decode(ipc.encode(beat)[4:])
+    assert isinstance(decoded, ipc.Heartbeat) and decoded.commits == (1, 2, 3) and decoded.rss_bytes == 10

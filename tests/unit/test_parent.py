@@ -15,7 +15,7 @@ from shardsync import ipc
 from shardsync.ipc import ShardState
 from shardsync.secrets import fingerprint
 from shardsync.worker import parent
-from shardsync.worker.parent import ParentLink, Stopping, Vitals
+from shardsync.worker.parent import ParentLink, Stopping, Vitals, process_figures
 
 
 class Link:
@@ -169,7 +169,11 @@ def test_heartbeat_reports_the_vitals(pair: Link) -> None:
     v = pair.vitals
     v.state, v.connected_since, v.last_frame_at = ShardState.LIVE, 1.5, 999.75
     v.frames, v.events, v.reconnects, v.last_error, v.mirror = 10, 7, 2, "boom", [1, 2, 3]
+    v.last_event_at, v.snapshot_seconds, v.quarantined = 1234.5, 2.5, 4
+    v.committed(0.02, at=1240.0)
     pair.link.beat(busy_for=4.0)
+    [sent] = pair.sent
+    assert sent.rss_bytes > 0 and sent.cpu_seconds > 0 and sent.open_fds > 0  # this process's own, from /proc
     expected = ipc.Heartbeat(
         state=ShardState.LIVE,
         connected_since=1.5,
@@ -180,8 +184,17 @@ def test_heartbeat_reports_the_vitals(pair: Link) -> None:
         reconnects=2,
         last_error="boom",
         busy_for=4.0,
+        rss_bytes=sent.rss_bytes,
+        cpu_seconds=sent.cpu_seconds,
+        open_fds=sent.open_fds,
+        last_event_at=1234.5,
+        last_commit_at=1240.0,
+        snapshot_seconds=2.5,
+        commits=(*(int(bound >= 0.02) for bound in ipc.COMMIT_BUCKETS), 1),
+        commit_seconds=0.02,
+        quarantined=4,
     )
-    assert pair.sent == [expected]
+    assert sent == expected
     assert pair.link.next_beat == 1000.0 + 60.0
 
 
@@ -242,3 +255,28 @@ def test_sigterm_interrupts_only_inside_interruptible() -> None:
     with pytest.raises(Stopping), parent.interruptible():
         parent.on_terminate(15, None)
     parent.on_terminate(15, None)  # reset on the way out, even by an exception
+
+
+def test_commit_latencies_land_in_cumulative_buckets() -> None:
+    """A 3 ms commit counts in every bucket from 5 ms up and in +Inf; the sum and the last commit time follow."""
+    vitals = Vitals()
+    vitals.committed(0.003, at=100.0)
+    vitals.committed(20.0, at=101.0)
+    bounds = ipc.COMMIT_BUCKETS
+    assert vitals.commits == [int(b >= 0.003) for b in bounds] + [2]
+    assert vitals.commit_seconds == pytest.approx(20.003)
+    assert vitals.last_commit_at == 101.0
+
+
+def test_process_figures_are_this_process_s_own() -> None:
+    """RSS, CPU seconds and open descriptors come from /proc/self and are plausible for a Python process."""
+    rss, cpu, fds = process_figures()
+    assert 5 << 20 < rss < 4 << 30
+    assert cpu > 0
+    before = fds
+    r, w = os.pipe()
+    try:
+        assert process_figures()[2] == before + 2
+    finally:
+        os.close(r)
+        os.close(w)

@@ -9,6 +9,7 @@ resyncs.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,12 +34,14 @@ class Batch:
         clock: Callable[[], float],
         vitals: Vitals,
         log: Any,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.sink = sink
         self.mirror = mirror
         self._batch_max = batch_max
         self._flush_interval = flush_interval
         self._clock = clock
+        self._wall = wall
         self._vitals = vitals
         self.log = log
         self._pending: list[Change] = []
@@ -139,9 +142,11 @@ class Batch:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
+        started = self._clock()
         try:
             self.sink.write(batch)
         except SinkError:
             self.mirror.rollback()
             raise
         self.mirror.commit()
+        self._vitals.committed(self._clock() - started, self._wall())

@@ -22,8 +22,9 @@ import time
 from typing import Final
 from urllib.parse import urlsplit
 
+from shardsync.clip import clip
 from shardsync.tls import client_context
-from shardsync.worker.faults import HandshakeFailed, clip
+from shardsync.worker.faults import HandshakeFailed
 
 __all__ = ["MAX_HEADER_BYTES", "open_socket"]
 

@@ -14,7 +14,7 @@ import contextlib
 import os
 import selectors
 from collections.abc import Callable, Iterator, Sized
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shardsync import ipc
@@ -69,6 +69,41 @@ class Vitals:
     last_error: str | None = None
     #: The mirror once the sink is open; its size is the ``entities`` reported.
     mirror: Sized | None = None
+    #: Wall clock of the last frame from the server and of the last committed batch.
+    last_event_at: float | None = None
+    last_commit_at: float | None = None
+    #: Seconds from the syncrequest to live, of the last (re)sync.
+    snapshot_seconds: float | None = None
+    #: Committed batches by latency (cumulative per ``ipc.COMMIT_BUCKETS`` bound, then +Inf) and their sum.
+    commits: list[int] = field(default_factory=lambda: [0] * (len(ipc.COMMIT_BUCKETS) + 1))
+    commit_seconds: float = 0.0
+    #: Entities refused as unstorable (kept in the change log as ``rejected``).
+    quarantined: int = 0
+
+    def committed(self, seconds: float, at: float) -> None:
+        """A batch committed after ``seconds``, at wall-clock ``at``."""
+        self.last_commit_at = at
+        self.commit_seconds += seconds
+        counts = self.commits
+        for index, bound in enumerate(ipc.COMMIT_BUCKETS):
+            if seconds <= bound:
+                counts[index] += 1
+        counts[-1] += 1
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def process_figures() -> tuple[int, float, int]:
+    """This process's resident set (bytes), CPU seconds (user + system) and open descriptors, from /proc."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            rss = int(statm.read().split()[1]) * _PAGE
+        fds = len(os.listdir("/proc/self/fd"))
+    except (OSError, ValueError, IndexError):
+        rss, fds = 0, 0
+    times = os.times()
+    return rss, round(times.user + times.system, 3), fds
 
 
 class ParentLink:
@@ -122,6 +157,7 @@ class ParentLink:
         now = self._clock()
         self.next_beat = now + self._interval
         v = self._vitals
+        rss, cpu, fds = process_figures()
         alive = self._send(
             ipc.Heartbeat(
                 state=v.state,
@@ -133,6 +169,16 @@ class ParentLink:
                 reconnects=v.reconnects,
                 last_error=v.last_error,
                 busy_for=busy_for,
+                rss_bytes=rss,
+                cpu_seconds=cpu,
+                open_fds=fds,
+                last_event_at=v.last_event_at,
+                last_commit_at=v.last_commit_at,
+                snapshot_seconds=v.snapshot_seconds,
+                commits=tuple(v.commits),
+                commit_seconds=round(v.commit_seconds, 6),
+                quarantined=v.quarantined,
+                unattributed=getattr(v.mirror, "unattributed", 0),
             )
         )
         if not alive:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import selectors
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,7 @@ class Receiver:
         idle_timeout: float,
         clock: Callable[[], float],
         now_iso: Callable[[], str],
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._conn = conn
         self._selector = selector
@@ -46,6 +48,7 @@ class Receiver:
         self._idle_timeout = idle_timeout
         self._clock = clock
         self._now_iso = now_iso
+        self._wall = wall
         # By fd: websocket-client forgets its socket object once it is shut down.
         self._fd = conn.fileno()
         selector.register(self._fd, selectors.EVENT_READ, None)
@@ -105,6 +108,7 @@ class Receiver:
         if frames or control != self._control_seen:
             self._control_seen = control
             self._vitals.last_frame_at = clock()
+            self._vitals.last_event_at = self._wall()
         return received_at, messages
 
     def waiting(self) -> bool:

@@ -88,6 +88,7 @@ class Worker:
         #: The snapshot quiet period in use; doubled after a late part (SnapshotAssembler.on_late).
         self._quiet = options.snapshot_quiet
         self._failures = 0
+        self._sync_sent_at = 0.0
 
     # --- the outer loop ---------------------------------------------------------
 
@@ -213,6 +214,7 @@ class Worker:
             entity_types=options.entity_types, split_responses=options.split_responses,
         )
         self.conn.send(protocol.encode_request("user/syncrequest", SYNC_ID, "", body))
+        self._sync_sent_at = self._clock()
         self.link.set_state(ShardState.SYNCING)
         return SnapshotAssembler(SYNC_ID, split=options.split_responses, quiet=self._quiet)
 
@@ -246,6 +248,7 @@ class Worker:
         assert self.batch is not None
         self.link.busy(max(10.0, len(assembler.entities) / 20_000))
         changes = self.batch.reconcile(assembler.entities, assembler.buffered, received_at=self._now_iso())
+        self.vitals.snapshot_seconds = round(self._clock() - self._sync_sent_at, 3)
         self.link.set_state(ShardState.LIVE)
         self.log.info("live", parts=assembler.parts, entities=len(self.batch.mirror), changes=changes,
                       buffered=len(assembler.buffered))
