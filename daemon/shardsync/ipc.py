@@ -101,6 +101,7 @@ class Heartbeat:
     commit_seconds: float = 0.0
     quarantined: int = 0
     unattributed: int = 0
+    sink_errors: int = 0
 
     def __post_init__(self) -> None:
         # Decoded from JSON the state is a plain string (an unknown one is a

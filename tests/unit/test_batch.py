@@ -76,6 +76,8 @@ def test_a_failed_write_rolls_the_mirror_back_and_drops_the_batch(tmp_path: Path
     assert len(lines(tmp_path)) == 1
     batch.commit()
     assert len(lines(tmp_path)) == 1
+    assert batch._vitals.sink_errors == 1  # counted for the sink-error metric
+    assert batch._vitals.commits[-1] == 1  # only the good commit is timed
 
 
 def test_due_commits_at_once_when_nothing_more_is_waiting(tmp_path: Path) -> None:

@@ -146,6 +146,7 @@ class Batch:
         try:
             self.sink.write(batch)
         except SinkError:
+            self._vitals.sink_errors += 1
             self.mirror.rollback()
             raise
         self.mirror.commit()

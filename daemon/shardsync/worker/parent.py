@@ -79,6 +79,8 @@ class Vitals:
     commit_seconds: float = 0.0
     #: Entities refused as unstorable (kept in the change log as ``rejected``).
     quarantined: int = 0
+    #: Sink writes that failed (each ends the session: the next one resyncs).
+    sink_errors: int = 0
 
     def committed(self, seconds: float, at: float) -> None:
         """A batch committed after ``seconds``, at wall-clock ``at``."""
@@ -179,6 +181,7 @@ class ParentLink:
                 commit_seconds=round(v.commit_seconds, 6),
                 quarantined=v.quarantined,
                 unattributed=getattr(v.mirror, "unattributed", 0),
+                sink_errors=v.sink_errors,
             )
         )
         if not alive:
