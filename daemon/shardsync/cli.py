@@ -116,8 +116,8 @@ def _check_hosts(paths: list[str], *, quiet: bool) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from shardsync.environ import NOTIFY_VARIABLES, blank_environ_block
     from shardsync.prctl import forbid_dumps
-    from shardsync.supervisor.notify import NOTIFY_VARIABLES, blank_environ_block
 
     # Workers fork from this process, and /proc/PID/environ shows the block it was
     # started with; once dumps are forbidden (first, before any secret is read) a

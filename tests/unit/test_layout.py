@@ -81,3 +81,60 @@ def test_the_cycle_check_sees_cycles(tmp_path: Path) -> None:
                       "def f():\n    from shardsync import d\n")
     known = {"shardsync.a", "shardsync.a.b", "shardsync.c", "shardsync.d", "shardsync"}
     assert imports_of(source, known) == {"shardsync.a.b", "shardsync.c", "shardsync.a", "shardsync.d"}
+
+
+def area(module: str) -> str:
+    """A module's part of the house: its subpackage, or its own name for a top-level module."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else module
+
+
+#: (part, parts it must never import) -- ARCHITECTURE.md's forbidden arrows, enforced.
+FORBIDDEN = [
+    ("worker", {"supervisor", "config", "auth", "credentials", "cli", "simulator", "follow", "query", "demo"}),
+    ("supervisor", {"simulator", "protocol", "syncmessage", "mirror", "follow", "query", "demo", "cli"}),
+    ("sinks", {"worker", "supervisor", "config", "protocol", "simulator", "follow", "cli"}),
+    ("config", {"worker", "supervisor", "auth", "simulator", "cli"}),
+    ("simulator", {"worker", "supervisor", "config", "sinks", "auth", "credentials", "cli", "logs"}),
+    ("follow", {"worker", "supervisor", "simulator", "config"}),
+]
+#: The pure core: decisions and codecs that do no I/O and import nothing that does.
+PURE = {"protocol", "syncmessage", "mirror", "change", "backoff", "partition", "ordinal", "clip", "secrets"}
+PURE_MAY_IMPORT = PURE
+#: The only way into the fake server from production code: `shardsync simulate` (cli, imported lazily).
+SIMULATOR_IMPORTERS = {"cli"}
+
+
+def edges() -> list[tuple[str, str, str, str]]:
+    """(importing module, imported module, their parts) for every import inside the package."""
+    mods = modules()
+    out = []
+    for name, path in mods.items():
+        for target in imports_of(path, set(mods)):
+            out.append((name, target, area(name), area(target)))
+    return out
+
+
+def test_forbidden_arrows_are_absent() -> None:
+    """No part imports what ARCHITECTURE.md forbids it (e.g. the worker never imports the parent or the config)."""
+    bad = [f"{a} -> {b}" for a, b, pa, pb in edges() for part, banned in FORBIDDEN if pa == part and pb in banned]
+    assert not bad, bad
+
+
+def test_supervisor_reaches_the_worker_only_through_its_options_and_boot() -> None:
+    """The parent knows a worker only as WorkerOptions and the post-fork entry point (worker.boot)."""
+    bad = [f"{a} -> {b}" for a, b, pa, pb in edges()
+           if pa == "supervisor" and pb == "worker" and b not in {"shardsync.worker.options", "shardsync.worker.boot"}]
+    assert not bad, bad
+
+
+def test_the_pure_core_imports_only_the_pure_core() -> None:
+    """Codec, mirror and decisions import no I/O module of the package (their tests need no sockets or files)."""
+    bad = [f"{a} -> {b}" for a, b, pa, pb in edges() if pa in PURE and pb not in PURE_MAY_IMPORT and pb != "shardsync"]
+    assert not bad, bad
+
+
+def test_only_the_cli_imports_the_simulator() -> None:
+    """Production code never loads the fake server; `shardsync simulate` imports it lazily from the CLI."""
+    bad = [f"{a} -> {b}" for a, b, pa, pb in edges() if pb == "simulator" and pa not in {"simulator", *SIMULATOR_IMPORTERS}]
+    assert not bad, bad

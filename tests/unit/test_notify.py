@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from shardsync.supervisor.notify import NOTIFY_VARIABLES, Notifier, child_environ, scrub_environ
+from shardsync.environ import NOTIFY_VARIABLES, child_environ, scrub_environ
+from shardsync.supervisor.notify import Notifier
 
 ROOT = Path(__file__).resolve().parents[2]
 

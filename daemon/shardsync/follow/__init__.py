@@ -7,6 +7,10 @@ The line format is in :mod:`shardsync.follow.record`, the cursor file in
 followed as they appear; shards that are not live are reported on stderr
 (and in the stream with ``--status-lines``).  SIGTERM/SIGINT stop after the
 current pass, with its lines flushed and the cursor saved.
+
+Modules: ``engine`` (the loop), ``source`` (what it needs from a sink) with ``sqlite_source``,
+``jsonl_source`` and ``pg_source``, ``record`` (the line format), ``cursor``, ``health`` (which
+shards to report as not live).
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ and a module-level ``retire(where, *, remainder, divisor)``): the config
 validates ``[sink] kind`` and the key it needs against this table, and
 :func:`open_sink` imports the module only when the kind is chosen (psycopg is
 an optional extra, and a worker loads only its own sink).
+
+Modules: ``base`` (the Sink contract, Freshness/SinkState, batch rows), ``sqlite`` and
+``sqlite_schema``, ``jsonl`` with ``jsonl_files`` (segments, rotation) and ``jsonl_upgrade``,
+``postgres`` and ``postgres_schema`` (per-shard seq, NOTIFY), ``attribution`` (account ids of
+older rows at upgrade), ``retired`` (moving a no-longer-owned shard's files aside).
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """sd_notify by hand: one AF_UNIX datagram per message to ``$NOTIFY_SOCKET``.
 
 Only the parent speaks to systemd (``NotifyAccess=main`` drops anything a
-worker sends), so workers get an environment without the three variables:
-:func:`child_environ` for a spawned process, :func:`scrub_environ` in a forked
-one.  A failed send is reported as ``False`` and never raised: readiness and
+worker sends), so workers get an environment without the three variables
+(:mod:`shardsync.environ`).  A failed send is reported as ``False`` and never raised: readiness and
 watchdog pings are advisory, the shards are what matter.
 """
 
@@ -13,11 +12,8 @@ import os
 import socket
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
-__all__ = ["NOTIFY_VARIABLES", "Notifier", "blank_environ_block", "child_environ", "scrub_environ"]
-
-NOTIFY_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+__all__ = ["Notifier"]
 
 
 class Notifier:
@@ -91,52 +87,3 @@ class Notifier:
 
 def _status(text: str | None) -> dict[str, str]:
     return {} if text is None else {"STATUS": text}
-
-
-def child_environ(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """A copy of ``environ`` without the sd_notify variables, for a worker."""
-    return {key: value for key, value in environ.items() if key not in NOTIFY_VARIABLES}
-
-
-def scrub_environ() -> None:
-    """Drop the sd_notify variables from ``os.environ`` (in a freshly forked worker).
-
-    ``os.environ.pop`` unsets them in the C environment too, but a forked
-    child's ``/proc/PID/environ`` shows the environment block the process was
-    exec'ed with, which still holds them; so their bytes there are zeroed as well.
-    """
-    for key in NOTIFY_VARIABLES:
-        os.environ.pop(key, None)
-    blank_environ_block(NOTIFY_VARIABLES)
-
-
-def blank_environ_block(names: tuple[str, ...]) -> int:
-    """Zero ``NAME=value`` entries of ``names`` in this process's original environment block (Linux).
-
-    Only safe once the variables are unset (nothing points at those bytes any
-    more).  Best effort: returns how many entries were blanked, 0 where
-    ``/proc/self`` cannot be used.
-    """
-    prefixes = tuple(f"{name}=".encode() for name in names)
-    try:
-        stat = Path("/proc/self/stat").read_bytes()
-        fields = stat.rsplit(b")", 1)[1].split()
-        # Fields 50 and 51 of proc(5), counted from the state (field 3).
-        start, end = int(fields[50 - 3]), int(fields[51 - 3])
-        fd = os.open("/proc/self/mem", os.O_RDWR | os.O_CLOEXEC)
-    except (OSError, IndexError, ValueError):
-        return 0
-    blanked = 0
-    try:
-        block = os.pread(fd, end - start, start)
-        offset = 0
-        for entry in block.split(b"\0"):
-            if entry.startswith(prefixes):
-                os.pwrite(fd, bytes(len(entry)), start + offset)
-                blanked += 1
-            offset += len(entry) + 1
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    return blanked

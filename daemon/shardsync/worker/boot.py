@@ -17,10 +17,10 @@ import traceback
 from typing import NoReturn
 
 from shardsync import ipc
+from shardsync.environ import scrub_environ
 from shardsync.exitcodes import EX_CRASH
 from shardsync.logs import reconfigure_after_fork
 from shardsync.prctl import set_pdeathsig
-from shardsync.supervisor.notify import scrub_environ
 from shardsync.worker.allocator import keep_freed_memory
 from shardsync.worker.options import WorkerOptions
 
