@@ -86,7 +86,28 @@ def _check_config(args: argparse.Namespace) -> int:
         return EX_CONFIG
     if not args.quiet:
         print(render_settings(settings))
+        for warning in _config_warnings(settings):
+            print(f"shardsync: warning: {warning}", file=sys.stderr)
     return EX_OK
+
+
+def _config_warnings(settings: Settings) -> list[str]:
+    """What a valid file may still get wrong: shipped placeholders, credentials this machine cannot find."""
+    from shardsync.config.models import PLACEHOLDERS
+    from shardsync.credentials import CredentialsError, find_credentials
+
+    warnings = [
+        f"{section}.{key} is still the shipped placeholder {value!r}; set your own"
+        for (section, key), value in PLACEHOLDERS.items()
+        if getattr(getattr(settings, section), key) == value
+    ]
+    try:
+        _, source = find_credentials(settings.credentials)
+    except CredentialsError as exc:
+        warnings.append(f"credentials are not usable here (run would exit 77): {exc}")
+    else:
+        print(f"credentials: from {source}", file=sys.stderr)
+    return warnings
 
 
 def _check_hosts(paths: list[str], *, quiet: bool) -> int:

@@ -33,6 +33,7 @@ __all__ = [
     "Credentials",
     "CredentialsError",
     "credential_env_names",
+    "find_credentials",
     "load_credentials",
     "scrub_credential_env",
 ]
@@ -193,14 +194,25 @@ def load_credentials(settings: CredentialsSettings, *, environ: Mapping[str, str
 
     The password and secret are registered with the log redactor.
     """
+    return find_credentials(settings, environ=environ)[0]
+
+
+def find_credentials(
+    settings: CredentialsSettings, *, environ: Mapping[str, str] = os.environ
+) -> tuple[Credentials, str]:
+    """:func:`load_credentials` and which source they came from, named for an operator (no value shown)."""
     credentials: Credentials | None = None
     directory = environ.get(DIRECTORY_ENV, "")
+    source = ""
     if directory:
         credentials = _from_directory(directory)
+        source = f"${DIRECTORY_ENV} ({directory})"
     if credentials is None:
         credentials = _from_environment(environ)
+        source = f"the environment variables {_missing(list(credential_env_names()))}"
     if credentials is None and settings.file:
         credentials = _from_file(settings.file)
+        source = f"[credentials] file {settings.file}"
     if credentials is None:
         where_dir = f"${DIRECTORY_ENV} ({directory}: no username/password/secret files)" if directory \
             else f"${DIRECTORY_ENV} (unset)"
@@ -212,4 +224,4 @@ def load_credentials(settings: CredentialsSettings, *, environ: Mapping[str, str
         )
     register_secret(credentials.password)
     register_secret(credentials.secret)
-    return credentials
+    return credentials, source

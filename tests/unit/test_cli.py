@@ -213,3 +213,32 @@ def test_run_host_flags_go_together_and_are_checked(tmp_path: Path) -> None:
     too_many = shardsync("run", "-c", str(config), "--host-index", "0", "--host-count", "5")
     assert too_many.returncode == 78
     assert f"{config}: --host-count 5 > sync.divisor 4" in too_many.stderr
+
+
+def test_check_config_warns_about_placeholders_and_names_the_credential_source(tmp_path: Path) -> None:
+    """check-config on the shipped file warns about its placeholders and says where credentials would come from."""
+    env = {**os.environ, "SHARDSYNC_USERNAME": "u", "SHARDSYNC_PASSWORD": "pw-12345", "SHARDSYNC_SECRET": "sec-12345"}
+    result = subprocess.run([sys.executable, "-m", "shardsync", "check-config", "-c", str(ROOT / "config" / "shardsync.toml")],
+                            capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "tradovate.app_id is still the shipped placeholder 'my-vendor-sync'" in result.stderr
+    assert "tradovate.cid is still the shipped placeholder 1234" in result.stderr
+    assert "credentials: from the environment variables SHARDSYNC_USERNAME" in result.stderr
+    assert "pw-12345" not in result.stderr + result.stdout
+    bare = {k: v for k, v in os.environ.items() if not k.startswith(("SHARDSYNC_", "CREDENTIALS_DIRECTORY"))}
+    config = tmp_path / "mine.toml"
+    config.write_text('[tradovate]\napp_id = "acme-sync"\ncid = 77\n')
+    mine = subprocess.run([sys.executable, "-m", "shardsync", "check-config", "-c", str(config)],
+                          capture_output=True, text=True, env=bare, check=False)
+    assert mine.returncode == 0 and "placeholder" not in mine.stderr
+    assert "credentials are not usable here (run would exit 77): no credentials found" in mine.stderr
+
+
+def test_the_placeholders_are_the_shipped_values() -> None:
+    """The placeholder list check-config warns about is what config/shardsync.toml really ships."""
+    import tomllib
+
+    from shardsync.config.models import PLACEHOLDERS
+
+    shipped = tomllib.loads((ROOT / "config" / "shardsync.toml").read_text())
+    assert {key: shipped[section][key[1]] for key in PLACEHOLDERS for section in [key[0]]} == PLACEHOLDERS

@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_ENTITY_TYPES",
     "ENVIRONMENTS",
     "MAX_DIVISOR",
+    "PLACEHOLDERS",
     "SECTIONS",
     "CredentialsSettings",
     "LogSettings",
@@ -51,6 +52,12 @@ DEFAULT_ENTITY_TYPES = (
 )
 
 MAX_DIVISOR = 65536
+
+#: Values config/shardsync.toml ships as placeholders: `check-config` warns while a file still has them.
+PLACEHOLDERS: dict[tuple[str, str], object] = {
+    ("tradovate", "app_id"): "my-vendor-sync",
+    ("tradovate", "cid"): 1234,
+}
 
 # Units for the bounds below: every numeric key has an upper bound, so an
 # accepted value can never overflow a timer or an allocation in a worker.
