@@ -218,7 +218,8 @@ def test_run_host_flags_go_together_and_are_checked(tmp_path: Path) -> None:
 def test_check_config_warns_about_placeholders_and_names_the_credential_source(tmp_path: Path) -> None:
     """check-config on the shipped file warns about its placeholders and says where credentials would come from."""
     env = {**os.environ, "SHARDSYNC_USERNAME": "u", "SHARDSYNC_PASSWORD": "pw-12345", "SHARDSYNC_SECRET": "sec-12345"}
-    result = subprocess.run([sys.executable, "-m", "shardsync", "check-config", "-c", str(ROOT / "config" / "shardsync.toml")],
+    shipped = str(ROOT / "config" / "shardsync.toml")
+    result = subprocess.run([sys.executable, "-m", "shardsync", "check-config", "-c", shipped],
                             capture_output=True, text=True, env=env, check=False)
     assert result.returncode == 0, result.stderr
     assert "tradovate.app_id is still the shipped placeholder 'my-vendor-sync'" in result.stderr
