@@ -18,7 +18,10 @@ def replace_file(path: str, data: bytes, *, durable: bool = True, mode: int = FI
     """
     directory = os.path.dirname(path) or "."
     temporary = f"{path}.tmp{os.getpid()}"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    # A stale (or planted) file or symlink under the temporary name is removed, never followed.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         view = memoryview(data)
         while view:

@@ -3,211 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NoReturn
-
-import orjson
+from collections.abc import Sequence
 
 from shardsync import __version__
-from shardsync.exitcodes import EX_CONFIG, EX_ERROR, EX_NOPERM, EX_OK
-
-if TYPE_CHECKING:
-    from shardsync.config import ConfigError, Settings
-    from shardsync.credentials import Credentials
-    from shardsync.ordinal import HostSlot
-
-
-
-def _load(
-    path: str, report: Callable[[ConfigError], None] | None = None, host: HostSlot | None = None
-) -> Settings | None:
-    """The validated settings, or None after reporting every problem (the caller exits 78)."""
-    from shardsync.config import ConfigError, load_config
-
-    try:
-        return load_config(path, host=host)
-    except ConfigError as exc:
-        (report or _print_config_error)(exc)
-        return None
-
-
-def _print_config_error(exc: ConfigError) -> None:
-    from shardsync import journal
-
-    text = f"shardsync: invalid configuration\n{exc}\n"
-    if journal.is_journal_stream(sys.stderr):
-        # so the reason of a failed `systemctl reload` is filed at priority err
-        text = journal.mark(text.encode(), journal.ERR).decode()
-    sys.stderr.write(text)
-
-
-def _log_config_error(exc: ConfigError) -> None:
-    """`run`'s report of a refused file: one error record per problem when the file's format is JSON."""
-    from shardsync.logs import configure_logging, get_logger, renders_json
-
-    fmt = _early_log_format(exc.path)
-    if not renders_json(fmt):
-        _print_config_error(exc)
-        return
-    configure_logging(fmt=fmt, level="info")
-    log = get_logger("shardsync")
-    for line in exc.lines:
-        log.error("config_invalid", error=line)
-
-
-def _early_log_format(path: str) -> str:
-    """``[log] format`` of a file that failed validation, read leniently; ``auto`` when it cannot be told."""
-    import tomllib
-
-    from shardsync.config.load import MAX_CONFIG_BYTES
-    from shardsync.files import read_regular_file
-
-    try:
-        # The same guarded read as the config itself: the file may be a FIFO, huge or nested too deep.
-        data = tomllib.loads(read_regular_file(path, MAX_CONFIG_BYTES).decode())
-    except (OSError, ValueError, RecursionError):  # unreadable, not regular, not UTF-8 or not TOML
-        return "auto"
-    section = data.get("log")
-    fmt = section.get("format") if isinstance(section, dict) else None
-    if isinstance(fmt, str) and fmt.lower() in ("json", "console", "auto"):
-        return fmt.lower()
-    return "auto"
+from shardsync.exitcodes import EX_CONFIG, EX_ERROR
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from shardsync.config import render_settings
+    from shardsync import checkconfig
 
-    if len(args.config) > 1:
-        return _check_hosts(args.config, quiet=args.quiet)
-    settings = _load(args.config[0])
-    if settings is None:
-        return EX_CONFIG
-    if not args.quiet:
-        print(render_settings(settings))
-        for warning in _config_warnings(settings):
-            print(f"shardsync: warning: {warning}", file=sys.stderr)
-    return EX_OK
-
-
-def _config_warnings(settings: Settings) -> list[str]:
-    """What a valid file may still get wrong: shipped placeholders, credentials this machine cannot find."""
-    from shardsync.config.models import PLACEHOLDERS
-    from shardsync.credentials import CredentialsError, find_credentials
-
-    warnings = [
-        f"{section}.{key} is still the shipped placeholder {value!r}; set your own"
-        for (section, key), value in PLACEHOLDERS.items()
-        if getattr(getattr(settings, section), key) == value
-    ]
-    try:
-        _, source = find_credentials(settings.credentials)
-    except CredentialsError as exc:
-        warnings.append(f"credentials are not usable here (run would exit 77): {exc}")
-    else:
-        print(f"credentials: from {source}", file=sys.stderr)
-    return warnings
-
-
-def _check_hosts(paths: list[str], *, quiet: bool) -> int:
-    """check-config over several hosts' files: each valid, together one partition of 0..divisor-1."""
-    from shardsync.partition import HostShards, check_partition, compress
-
-    loaded = [(path, _load(path)) for path in paths]
-    hosts = [
-        HostShards(path, s.sync.divisor, s.sync.expression, s.sync.entity_types, s.sync.remainders)
-        for path, s in loaded
-        if s is not None
-    ]
-    if len(hosts) < len(loaded):
-        return EX_CONFIG
-    problems = check_partition(hosts)
-    for problem in problems:
-        print(f"shardsync: {problem}", file=sys.stderr)
-    if problems:
-        return EX_CONFIG
-    if not quiet:
-        for host in hosts:
-            print(f"{host.source}: remainders {compress(host.remainders)}")
-        first = hosts[0]
-        print(f"ok: {len(hosts)} files partition 0-{first.divisor - 1} "
-              f"(divisor {first.divisor}, {first.expression}, {len(first.entity_types)} entity types)")
-    return EX_OK
+    return checkconfig.main(args)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from shardsync.environ import NOTIFY_VARIABLES, blank_environ_block
-    from shardsync.prctl import forbid_dumps
+    from shardsync import launch
 
-    # Workers fork from this process, and /proc/PID/environ shows the block it was
-    # started with; once dumps are forbidden (first, before any secret is read) a
-    # non-root process can no longer rewrite that block, so it is blanked now.
-    blank_environ_block(NOTIFY_VARIABLES)
-    forbid_dumps()
-    from shardsync.credentials import CredentialsError, credential_env_names, load_credentials
-    from shardsync.logs import configure_logging, get_logger
-    from shardsync.secrets import register_secret
-
-    settings = _load(args.config, report=_log_config_error, host=_host_slot(args))
-    if settings is None:
-        return EX_CONFIG
-    configure_logging(fmt=settings.log.format, level=settings.log.level, secrets=settings.secrets())
-    log = get_logger("shardsync")
-    if args.credentials_fd is not None:
-        credentials = _read_credentials(args.credentials_fd)
-    else:
-        try:
-            credentials = load_credentials(settings.credentials)
-        except CredentialsError as exc:
-            log.error("credentials_unusable", error=str(exc))
-            return EX_NOPERM
-        if any(name in os.environ for name in credential_env_names()):
-            _reexec_without_credentials(args.config, credentials, _host_slot(args))
-    for value in (credentials.password, credentials.secret):
-        register_secret(value)
-
-    from shardsync.supervisor.arbiter import Arbiter
-
-    try:
-        return Arbiter(settings, args.config, credentials, host=_host_slot(args)).run()
-    except Exception:
-        log.exception("supervisor_crashed")
-        return EX_ERROR
-
-
-def _reexec_without_credentials(config: str, credentials: Credentials, host: HostSlot | None) -> NoReturn:
-    """Start over without SHARDSYNC_* in the environment, the values handed over in a memfd.
-
-    A forked worker's /proc/PID/environ is the environment block this process
-    was started with, whatever os.environ says later; only a new exec drops it.
-    """
-    from shardsync.credentials import credential_env_names
-
-    # A memfd, not a pipe: a pipe holds 64 KiB, and writing more before exec
-    # (nobody reads yet) would block forever.  The memfd has no name on disk.
-    fd = os.memfd_create("shardsync-credentials", 0)  # not inheritable by default: set below, for exec only
-    payload = orjson.dumps(
-        {"username": credentials.username, "password": credentials.password, "secret": credentials.secret}
-    )
-    view = memoryview(payload)
-    while view:
-        view = view[os.write(fd, view):]
-    os.lseek(fd, 0, os.SEEK_SET)
-    os.set_inheritable(fd, True)
-    env = {k: v for k, v in os.environ.items() if k not in credential_env_names()}
-    argv = [sys.executable, "-m", "shardsync", "run", "-c", config, "--credentials-fd", str(fd)]
-    if host is not None:
-        argv += ["--host-index", str(host.index), "--host-count", str(host.count)]
-    os.execve(sys.executable, argv, env)  # noqa: S606 - our own interpreter, fixed argv
-
-
-def _host_slot(args: argparse.Namespace) -> HostSlot | None:
-    from shardsync.ordinal import HostSlot
-
-    if args.host_index is None:
-        return None
-    return HostSlot(args.host_index, args.host_count)
+    return launch.main(args)
 
 
 def _host_index(text: str) -> int:
@@ -225,17 +37,6 @@ def _host_count(text: str) -> int:
     return int(text)
 
 
-def _read_credentials(fd: int) -> Credentials:
-    from shardsync.credentials import Credentials
-
-    chunks = []
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-    os.close(fd)
-    data = orjson.loads(b"".join(chunks))
-    return Credentials(data["username"], data["password"], data["secret"])
-
-
 def _status(args: argparse.Namespace) -> int:
     from shardsync import statusclient
 
@@ -244,9 +45,10 @@ def _status(args: argparse.Namespace) -> int:
 
 def _follow(args: argparse.Namespace) -> int:
     from shardsync import follow
+    from shardsync.checkconfig import load
 
     if args.config:
-        settings = _load(args.config)
+        settings = load(args.config)
         if settings is None:
             return EX_CONFIG
         sink = settings.sink
@@ -264,10 +66,11 @@ def _follow(args: argparse.Namespace) -> int:
 
 def _query(args: argparse.Namespace) -> int:
     from shardsync import query
+    from shardsync.checkconfig import load
 
     path = args.path or "./state"
     if args.config:
-        settings = _load(args.config)
+        settings = load(args.config)
         if settings is None:
             return EX_CONFIG
         if settings.sink.kind != "sqlite":

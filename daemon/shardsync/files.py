@@ -8,10 +8,11 @@ with a clear reason instead of hanging, crashing or following the link.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
-__all__ = ["read_regular_file"]
+__all__ = ["UnsafePath", "check_state_dir", "open_nofollow", "read_regular_file"]
 
 
 def read_regular_file(path: str | os.PathLike[str], limit: int) -> bytes:
@@ -34,3 +35,35 @@ def read_regular_file(path: str | os.PathLike[str], limit: int) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+class UnsafePath(ValueError):
+    """A path the daemon refuses to use, and why (the message names the path)."""
+
+
+def check_state_dir(path: str) -> None:
+    """Refuse a state directory another local user could plant files in.
+
+    A directory that is world-writable without the sticky bit, or owned by
+    another user (root excepted), lets someone else replace a shard's files
+    (or put a symlink where one will be created).  The path itself may be a
+    symlink (systemd's DynamicUser state directories are).
+    """
+    info = os.stat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafePath(f"{path} is not a directory")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        raise UnsafePath(f"{path} is writable by every user (mode {mode:04o}); chmod o-w {path}")
+    if info.st_uid not in (os.geteuid(), 0):
+        raise UnsafePath(f"{path} is owned by uid {info.st_uid}, not by this user ({os.geteuid()})")
+
+
+def open_nofollow(path: str, flags: int, mode: int = 0o640) -> int:
+    """``os.open`` that never follows a symlink at ``path`` itself: a planted link is an error, its target untouched."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePath(f"{path} is a symbolic link; refusing to follow it") from None
+        raise

@@ -17,6 +17,7 @@ from typing import Any, Self
 import orjson
 
 from shardsync.change import DELETE_EVENT, LOG_ONLY_ORIGINS, UPSERT_EVENTS, Change
+from shardsync.files import UnsafePath, check_state_dir, open_nofollow
 
 Row = tuple[Any, ...]
 
@@ -217,10 +218,14 @@ def check_shard(remainder: int, divisor: int) -> None:
 
 
 def ensure_dir(sink: str, path: str) -> None:
+    """Create the state directory if needed and refuse one another user could plant files in."""
     if not path:
         raise SinkError(f"{sink} sink: no path configured")
     try:
         os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+        check_state_dir(path)
+    except UnsafePath as exc:
+        raise SinkError(f"{sink} sink: unsafe state directory: {exc}") from None
     except OSError as exc:
         raise SinkError(f"{sink} sink: cannot create directory {path}: {exc.strerror}") from exc
 
@@ -240,10 +245,20 @@ def lock_exclusive(sink: str, fd: int, what: str) -> None:
 
 
 def open_file(sink: str, path: str, flags: int) -> int:
+    """Open (creating, mode 0640) one of the shard's own files; a symlink planted there is refused."""
     try:
-        return os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        return open_nofollow(path, flags | os.O_CREAT, FILE_MODE)
+    except UnsafePath as exc:
+        raise SinkError(f"{sink} sink: {exc}") from None
     except OSError as exc:
         raise SinkError(f"{sink} sink: cannot open {path}: {exc.strerror}") from exc
+
+
+def refuse_symlinks(sink: str, *paths: str) -> None:
+    """SinkError if any of ``paths`` is a symlink (files a library will open and follow on its own)."""
+    for path in paths:
+        if os.path.islink(path):
+            raise SinkError(f"{sink} sink: {path} is a symbolic link; refusing to follow it")
 
 
 def dump_error(sink: str, where: str, change: Change, exc: Exception) -> SinkError:

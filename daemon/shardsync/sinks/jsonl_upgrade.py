@@ -42,7 +42,9 @@ def upgrade(path: str) -> int:
     owners: dict[tuple[str, Any], int | None] = {}
     count = 0
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)  # stale or planted: removed, never followed
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
         try:
             for number, line in enumerate(lines_of(path), 1):
                 record = _old_record(path, number, line)

@@ -34,6 +34,7 @@ from shardsync.sinks.base import (
     ensure_dir,
     lock_exclusive,
     open_file,
+    refuse_symlinks,
     retired_status,
     shard_file_name,
 )
@@ -95,8 +96,11 @@ class SqliteSink(Sink):
         try:
             lock_exclusive("sqlite", self._lock_fd, self.file)
             # Created here rather than by SQLite so the mode is ours; SQLite
-            # gives the -wal/-shm files the database file's mode.
+            # gives the -wal/-shm files the database file's mode.  SQLite opens
+            # (and follows) these paths itself: a symlink planted at any of them
+            # is refused first.
             os.close(open_file("sqlite", self.file, os.O_RDWR))
+            refuse_symlinks("sqlite", self.file + "-wal", self.file + "-shm")
             self._conn: sqlite3.Connection | None = self._connect()
         except BaseException:
             self.close()
