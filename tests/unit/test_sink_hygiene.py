@@ -22,7 +22,7 @@ def test_a_world_writable_state_directory_is_refused(kind: str, tmp_path: Path) 
     """mode 0777 (no sticky bit): anyone could plant files; the sink refuses it, naming the fix."""
     state = tmp_path / "state"
     state.mkdir()
-    state.chmod(0o777)  # noqa: S103 - the hostile setup under test
+    state.chmod(0o777)
     with pytest.raises(SinkError, match="writable by every user.*chmod o-w"):
         opened(kind, state)
     assert not (state / shard_file_name(0, 1, "sqlite3" if kind == "sqlite" else "jsonl")).exists()
@@ -33,7 +33,7 @@ def test_a_sticky_shared_directory_is_accepted(kind: str, tmp_path: Path) -> Non
     """mode 1777 (like /tmp): others cannot replace our files there, so it is allowed."""
     state = tmp_path / "state"
     state.mkdir()
-    state.chmod(0o1777)  # noqa: S103
+    state.chmod(0o1777)
     opened(kind, state)
 
 
