@@ -23,7 +23,7 @@ def test_a_world_writable_state_directory_is_refused(kind: str, tmp_path: Path) 
     state = tmp_path / "state"
     state.mkdir()
     state.chmod(0o777)
-    with pytest.raises(SinkError, match="writable by every user.*chmod o-w"):
+    with pytest.raises(SinkError, match=r"writable by every user.*chmod o-w"):
         opened(kind, state)
     assert not (state / shard_file_name(0, 1, "sqlite3" if kind == "sqlite" else "jsonl")).exists()
 
