@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shardsync import __version__, ipc
 from shardsync.ipc import ShardState
 from shardsync.supervisor import metrics
-from shardsync.supervisor.status import StatusSnapshot
+from shardsync.supervisor.status import ShardStatus, StatusSnapshot
 from shardsync.supervisor.tally import BUCKETS, Tally
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -295,3 +296,25 @@ def test_parent_process_series_and_build_info() -> None:
     assert samples["shardsync_build_info"].labels == {"version": __version__}
     assert samples["shardsync_build_info"].value == 1
 
+
+
+# --- the README's list ------------------------------------------------------------------------------
+
+
+def test_readme_lists_exactly_the_exposed_series() -> None:
+    """README "Metrics" names every series /metrics exposes, and nothing it does not."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"`((?:shardsync|process)_[a-z_]+)(?:\{[a-z,]+\})?`", section))
+    snap = StatusSnapshot(pid=1, started_at=0.0, uptime=1.0, ready=True, divisor=1,
+                          shards=(ShardStatus(0, "live"),), token_expires_in=1.0, token_renew_margin=1.0)
+    body = metrics.render(lambda: snap).decode()
+    families = list(text_string_to_metric_families(body))
+    histograms = {f.name for f in families if f.type == "histogram"}
+
+    def series(sample_name: str) -> str:
+        stem = re.sub(r"_(bucket|sum|count)$", "", sample_name)
+        return stem if stem in histograms else sample_name
+
+    exposed = {series(s.name) for f in families for s in f.samples}
+    assert listed == exposed
