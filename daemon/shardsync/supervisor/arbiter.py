@@ -38,7 +38,7 @@ from shardsync.supervisor.shard import Shard
 from shardsync.supervisor.signals import NAMES, WakeupPipe
 from shardsync.supervisor.status import StatusSnapshot
 from shardsync.supervisor.table import ShardTable
-from shardsync.supervisor.tokens import TokenKeeper
+from shardsync.supervisor.tokens import TokenKeeper, Wait
 
 #: The loop wakes at least this often even when nothing is due.
 MAX_SLEEP = 5.0
@@ -81,7 +81,8 @@ class Arbiter:
             rng=self.rng,
         )
         self.login = Login(keeper, settings, credentials, selector=self.selector, procs=self.procs, wall=wall,
-                           on_token=self.hand_out_token, on_fatal=self.login_refused)
+                           on_token=self.hand_out_token, on_fatal=self.login_refused,
+                           on_wait=self.login_waited)
         self.table = ShardTable(settings, procs=self.procs, selector=self.selector, clock=clock, wall=wall,
                                 rng=self.rng, parent_pid=self.pid, login=self.login, reap=self.reap,
                                 on_breaker=self.breaker_tripped)
@@ -198,6 +199,9 @@ class Arbiter:
     def hand_out_token(self, token: str, expires_at: float) -> None:
         self.table.hand_out_token(token, expires_at)
 
+    def login_waited(self, wait: Wait) -> None:
+        self.table.login_waited(wait)
+
     def login_refused(self, message: str) -> None:
         self.log.critical("login_refused", reason=message)
         self.exit_code = EX_NOPERM
@@ -237,6 +241,8 @@ class Arbiter:
         if plan.logging:
             configure_logging(fmt=new.log.format, level=new.log.level, secrets=new.secrets())
         self.table.configure(new)
+        # An operator acted: shards parked for a refusal the server keeps giving get their chance again.
+        self.table.budget.operator_acted()
         now = self.clock()
         for step in plan.steps:
             self.table.carry_out_step(step, now)
@@ -271,6 +277,8 @@ class Arbiter:
             pid=self.pid, started_at=self.started_wall, uptime=round(now - self.started, 3), ready=self.ready,
             divisor=self.settings.sync.divisor,
             shards=self.table.statuses(now),
+            budget=self.table.budget.status(now),
+            login=self.login.keeper.status(self.wall()),
         )
 
     def become_ready(self, ready: Ready) -> None:

@@ -154,7 +154,7 @@ class PermitGrants:
         self.arbiter = arbiter
 
     def next_at(self, now: float) -> float | None:
-        return None if self.arbiter.stopping else self.arbiter.table.permits.next_at(now)
+        return None if self.arbiter.stopping else self.arbiter.table.next_permit_at(now)
 
     def run_due(self, now: float) -> None:
         self.arbiter.table.grant_permits(now)
