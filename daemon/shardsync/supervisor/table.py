@@ -199,7 +199,7 @@ class ShardTable:
                          text=text, rejections=self.budget.shard(shard.remainder).rejections)
         for decision in decisions:
             if isinstance(decision, api.Park):
-                self.log.error("shard_parked", shard=shard.remainder, reason=decision.reason,
+                self.log.error("shard_parked", shard=decision.remainder, reason=decision.reason,
                                retry_in=round(decision.until - now, 1), endpoint=message.endpoint,
                                status=message.status)
             elif isinstance(decision, api.Relogin):
