@@ -304,17 +304,63 @@ def test_many_concurrent_clients() -> None:
         lp.close()
 
 
-def test_connections_over_the_cap_are_closed_at_once() -> None:
-    """Past max_connections a new client is closed immediately instead of left queued."""
-    lp = Loop(snapshot, max_connections=2)
+def test_idle_clients_over_the_cap_make_room_for_a_scrape() -> None:
+    """With every slot held by idle clients, a new client closes the oldest idle one and is answered."""
+    lp = Loop(lambda: snapshot(ALL_LIVE), max_connections=2)
     try:
         held = [lp.connect(), lp.connect()]
         lp.pump(lambda: lp.server.connections == 2)
+        scrape = lp.connect()
+        scrape.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        code, _, body = parse(lp.collect(scrape))
+        assert (code, body) == (200, b"ok\n")
+        assert lp.server.evicted == 1
+        assert lp.collect(held[0]) == b""  # the oldest was closed; the newer one still waits
+        held[1].sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert parse(lp.collect(held[1]))[0] == 200
+        for client in (*held, scrape):
+            client.close()
+    finally:
+        lp.close()
+
+
+def test_a_client_being_answered_is_never_evicted() -> None:
+    """When every slot is sending a response, a new client is refused (closed) rather than cutting an answer."""
+    many = tuple(ShardStatus(r, "live", events=r) for r in range(300))
+    lp = Loop(lambda: snapshot(many), max_connections=1)
+    lp.server._listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)  # accepted sockets inherit it
+    try:
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.settimeout(5)
+        slow.connect(("127.0.0.1", lp.server.port))
+        slow.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        slow.setblocking(False)
+        lp.pump(lambda: any(c.phase == "writing" for c in lp.server._connections.values()))
         extra = lp.connect()
         assert lp.collect(extra) == b""
-        assert lp.server.connections == 2
-        for client in (*held, extra):
+        assert lp.server.evicted == 0
+        code, headers, body = parse(lp.collect(slow))
+        assert code == 200 and len(body) == int(headers["content-length"])
+        for client in (slow, extra):
             client.close()
+    finally:
+        lp.close()
+
+
+def test_a_client_has_read_timeout_from_connect_and_write_timeout_for_the_answer() -> None:
+    """The deadline is READ_TIMEOUT (2 s) after connect by default, and the write timeout once answering."""
+    now = [50.0]
+    lp = Loop(lambda: snapshot(ALL_LIVE), clock=lambda: now[0], write_timeout=7.0)
+    try:
+        client = lp.connect()
+        lp.pump(lambda: lp.server.connections == 1)
+        assert lp.server.next_deadline() == 52.0
+        client.sendall(b"GET /status HTTP/1.0\r\n\r\n")
+        now[0] = 51.0
+        lp.pump(lambda: next(iter(lp.server._connections.values())).phase != "reading")
+        assert lp.server.next_deadline() == 58.0
+        client.close()
     finally:
         lp.close()
 

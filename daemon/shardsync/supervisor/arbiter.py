@@ -23,12 +23,13 @@ from collections.abc import Callable
 
 from shardsync.config import ConfigError, Settings, load_config
 from shardsync.credentials import Credentials
-from shardsync.exitcodes import EX_BREAKER, EX_NOPERM, EX_OK
+from shardsync.exitcodes import EX_BREAKER, EX_ERROR, EX_NOPERM, EX_OK
 from shardsync.logs import configure_logging, get_logger
 from shardsync.ordinal import HostSlot
 from shardsync.supervisor import reload as planner
 from shardsync.supervisor import timers
 from shardsync.supervisor.httpd import StatusServer
+from shardsync.supervisor.listener import StatusBindError, StatusListener
 from shardsync.supervisor.login import Login
 from shardsync.supervisor.notify import Notifier
 from shardsync.supervisor.options import worker_options
@@ -86,7 +87,8 @@ class Arbiter:
         self.table = ShardTable(settings, procs=self.procs, selector=self.selector, clock=clock, wall=wall,
                                 rng=self.rng, parent_pid=self.pid, login=self.login, reap=self.reap,
                                 on_breaker=self.breaker_tripped)
-        self.status_server: StatusServer | None = None
+        self.listener = StatusListener(self.snapshot, self.selector, config_path=config_path, pid=self.pid,
+                                       started_at=wall())
         self.stopping = False
         self.exit_code = EX_OK
         self.ready = False
@@ -104,6 +106,11 @@ class Arbiter:
         ])
 
     @property
+    def status_server(self) -> StatusServer | None:
+        """The bound status listener, if any."""
+        return self.listener.server
+
+    @property
     def shards(self) -> dict[int, Shard]:
         """The shard table by remainder."""
         return self.table.shards
@@ -111,7 +118,14 @@ class Arbiter:
     # --- the loop ---------------------------------------------------------------
 
     def run(self) -> int:
-        self.start()
+        try:
+            self.start()
+        except StatusBindError as exc:
+            # Before any fork: a daemon whose /metrics and /healthz silently vanish is worse than none.
+            self.log.critical("status_listen_failed", listen=exc.listen, error=exc.reason, message=str(exc))
+            self.exit_code = EX_ERROR
+            self.cleanup()
+            return self.exit_code
         try:
             while self.step():
                 pass
@@ -121,11 +135,11 @@ class Arbiter:
         return self.exit_code
 
     def start(self) -> None:
-        """Everything before the first pass: signals, the status listener, the shard table."""
+        """Everything before the first pass: the status listener (StatusBindError), signals, the shard table."""
+        self.listener.open(self.settings)
         if self._os_signals:
             self._wakeup = WakeupPipe()
             self.selector.register(self._wakeup.fd, selectors.EVENT_READ, self.on_wakeup)
-        self.start_status_server()
         self.log.info(
             "supervisor_started", divisor=self.settings.sync.divisor,
             remainders=list(self.settings.sync.remainders), pid=self.pid,
@@ -237,7 +251,8 @@ class Arbiter:
             self.notifier.ready(self.table.status_line())
             return
         plan = planner.plan({r: s.row() for r, s in self.shards.items()}, self.settings, new)
-        self.settings = self.login.settings = new
+        old, self.settings = self.settings, new
+        self.login.settings = new
         if plan.logging:
             configure_logging(fmt=new.log.format, level=new.log.level, secrets=new.secrets())
         self.table.configure(new)
@@ -246,30 +261,11 @@ class Arbiter:
         now = self.clock()
         for step in plan.steps:
             self.table.carry_out_step(step, now)
-        if plan.status:
-            self.stop_status_server()
-            self.start_status_server()
+        self.listener.reconfigure(old, new)
         self.log.info("reloaded", added=plan.added, removed=plan.removed, restarted=plan.restarted)
         self.notifier.ready(self.table.status_line())
 
     # --- status ------------------------------------------------------------------------
-
-    def start_status_server(self) -> None:
-        address = self.settings.status.address
-        if address is None:
-            return
-        try:
-            self.status_server = StatusServer(address, self.snapshot)
-        except OSError as exc:
-            self.log.error("status_listen_failed", listen=self.settings.status.listen, error=str(exc))
-            return
-        self.status_server.register(self.selector)
-        self.log.info("status_listening", host=address[0], port=self.status_server.port)
-
-    def stop_status_server(self) -> None:
-        if self.status_server is not None:
-            self.status_server.close()
-            self.status_server = None
 
     def snapshot(self) -> StatusSnapshot:
         now = self.clock()
@@ -305,7 +301,7 @@ class Arbiter:
                 break
             if pid == 0:
                 time.sleep(0.01)
-        self.stop_status_server()
+        self.listener.close()
         if self._wakeup is not None:
             self._wakeup.close()
         self.selector.close()

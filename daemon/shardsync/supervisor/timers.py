@@ -37,7 +37,9 @@ class Loop(Protocol):
     started: float
     table: ShardTable
     login: Login
-    status_server: StatusServer | None
+
+    @property
+    def status_server(self) -> StatusServer | None: ...
 
     @property
     def shards(self) -> dict[int, Shard]: ...
