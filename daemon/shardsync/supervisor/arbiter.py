@@ -35,6 +35,8 @@ from shardsync.supervisor.notify import Notifier
 from shardsync.supervisor.options import worker_options
 from shardsync.supervisor.processes import Processes, describe
 from shardsync.supervisor.readiness import Ready
+from shardsync.supervisor.retire import FILE_KINDS, removed_by_reload, stale_files
+from shardsync.supervisor.retirer import Retirer
 from shardsync.supervisor.shard import Shard
 from shardsync.supervisor.signals import NAMES, WakeupPipe
 from shardsync.supervisor.status import StatusSnapshot
@@ -87,6 +89,7 @@ class Arbiter:
         self.table = ShardTable(settings, procs=self.procs, selector=self.selector, clock=clock, wall=wall,
                                 rng=self.rng, parent_pid=self.pid, login=self.login, reap=self.reap,
                                 on_breaker=self.breaker_tripped)
+        self.retirer = Retirer(self.selector, self.procs.start_retire)
         self.listener = StatusListener(self.snapshot, self.selector, config_path=config_path, pid=self.pid,
                                        started_at=wall())
         self.stopping = False
@@ -102,7 +105,7 @@ class Arbiter:
         self.timers = timers.TimerList([
             timers.RestartsDue(self), timers.WorkerDeadlines(self), timers.PermitGrants(self),
             timers.LoginDue(self), timers.LoginDeadline(self), timers.Watchdog(self.notifier, clock()),
-            timers.Readiness(self), timers.StatusExpiry(self),
+            timers.Readiness(self), timers.StatusExpiry(self), timers.RetireDue(self),
         ])
 
     @property
@@ -148,6 +151,7 @@ class Arbiter:
         options = worker_options(self.settings)
         for remainder in self.settings.sync.remainders:
             self.table.add(remainder, options)
+        self.retirer.add(stale_files(_listing(self.settings), self.settings))
 
     def step(self) -> bool:
         """One pass: signals, due timers, one wait in the selector, reaping; False once everything stopped."""
@@ -162,7 +166,7 @@ class Arbiter:
         return True
 
     def children_alive(self) -> bool:
-        return self.table.any_running() or self.login.alive
+        return self.table.any_running() or self.login.alive or self.retirer.alive
 
     # --- signals ------------------------------------------------------------------
 
@@ -207,7 +211,7 @@ class Arbiter:
                 return
             if pid == 0:
                 return
-            if not self.table.exited(pid, status) and not self.login.reaped(pid):
+            if not self.table.exited(pid, status) and not self.login.reaped(pid) and not self.retirer.reaped(pid):
                 self.log.warning("unknown_child_reaped", child_pid=pid, status=describe(status))
 
     def hand_out_token(self, token: str, expires_at: float) -> None:
@@ -235,6 +239,7 @@ class Arbiter:
         self.notifier.stopping(f"stopping: {why}")
         self.table.stop_all(self.clock())
         self.login.kill()
+        self.retirer.kill()
 
     def quick_stop(self, why: str) -> None:
         self.log.warning("quick_shutdown", why=why)
@@ -262,6 +267,9 @@ class Arbiter:
         for step in plan.steps:
             self.table.carry_out_step(step, now)
         self.listener.reconfigure(old, new)
+        # Once every new shard is live, what the new config no longer owns is marked retired.
+        self.retirer.add(removed_by_reload(old, new))
+        self.retirer.add(stale_files(_listing(new), new))
         self.log.info("reloaded", added=plan.added, removed=plan.removed, restarted=plan.restarted)
         self.notifier.ready(self.table.status_line())
 
@@ -293,6 +301,7 @@ class Arbiter:
     def cleanup(self) -> None:
         self.table.kill_all()
         self.login.kill()
+        self.retirer.kill()
         # Whatever is left is reaped so that nothing lingers as a zombie (at most ~5 s).
         for _ in range(500):
             try:
@@ -305,3 +314,13 @@ class Arbiter:
         if self._wakeup is not None:
             self._wakeup.close()
         self.selector.close()
+
+
+def _listing(settings: Settings) -> list[str]:
+    """The names in a sqlite/jsonl state directory (none for other sinks, or when it does not exist yet)."""
+    if settings.sink.kind not in FILE_KINDS:
+        return []
+    try:
+        return os.listdir(settings.sink.path)
+    except OSError:
+        return []

@@ -98,6 +98,12 @@ class ShardTable:
         """Every configured shard has been live at least once."""
         return bool(self.shards) and all(s.ever_live for s in self.shards.values())
 
+    def all_live_now(self) -> bool:
+        """The table is exactly the configured shards, and every one is live right now (none parked)."""
+        wanted = set(self.settings.sync.remainders)
+        return set(self.shards) == wanted and all(
+            s.state is ShardState.LIVE and not self.parked(s) for s in self.shards.values())
+
     def status_line(self) -> str:
         # Runs on every pass of the loop: counts only, not a whole snapshot.
         line = status_line(summarize((s.state, self.parked(s)) for s in self.shards.values()))
