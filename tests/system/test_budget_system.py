@@ -68,7 +68,7 @@ class PoisonedLogin(http.server.BaseHTTPRequestHandler):
     token = "abc\ndef"  # noqa: S105 - the hostile value under test
     logins = 0
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         type(self).logins += 1
         expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
