@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shardsync import secrets, statusclient
 from shardsync.supervisor import metrics
 from shardsync.supervisor.httpd import MAX_HEAD, StatusServer
-from shardsync.supervisor.status import ShardStatus, StatusSnapshot, status_line, summarize
+from shardsync.supervisor.status import ShardStatus, StatusSnapshot, render_status, status_line, summarize
 
 SHARDS = (
     ShardStatus(
@@ -642,3 +642,17 @@ def test_url_for_listen_and_arguments() -> None:
     statusclient.add_arguments(parser)
     args = parser.parse_args(["-c", "x.toml", "--json", "--url", "h:1"])
     assert (args.config, args.json, args.url, args.timeout) == ("x.toml", True, "h:1", 3.0)
+
+
+def test_server_text_in_status_is_printable_and_clipped() -> None:
+    """last_error, parked_reason and the budget's text from a server: control characters replaced, at most 500
+    characters (and an ellipsis), whatever the worker or the server sent."""
+    hostile = "\x1b[31mred\r\nSet-Cookie: x\x00" + "y" * 5000
+    snap = StatusSnapshot(pid=1, started_at=0.0, uptime=1.0, ready=True, divisor=1,
+                          shards=(ShardStatus(0, "parked", parked=True, last_error=hostile, parked_reason=hostile),),
+                          budget={"state": "paused", "text": hostile}, login={"state": "failed", "last_error": hostile})
+    doc = orjson.loads(render_status(snap))
+    for text in (doc["shards"][0]["last_error"], doc["shards"][0]["parked_reason"], doc["budget"]["text"],
+                 doc["login"]["last_error"]):
+        assert len(text) <= 501 and text.endswith("…")
+        assert all(ch.isprintable() for ch in text)

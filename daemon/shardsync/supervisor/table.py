@@ -157,7 +157,7 @@ class ShardTable:
         try:
             messages = shard.outbox.read()
         except ipc.IPCError as exc:
-            self.log.error("worker_pipe_corrupt", shard=shard.remainder, error=str(exc))
+            self.log.error("worker_pipe_corrupt", shard=shard.remainder, error=clip(str(exc), MAX_TEXT))
             shard.signal(signal.SIGKILL)
             return
         now = self.clock()
