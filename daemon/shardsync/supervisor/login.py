@@ -120,7 +120,7 @@ class Login:
         elif isinstance(event, Fatal):
             self.on_fatal(event.message)
         elif isinstance(event, Wait):
-            loud = event.kind in ("captcha", "locked", "capped")
+            loud = event.kind in ("captcha", "capped")
             (self.log.error if loud else self.log.warning)(
                 "token_backoff", why=clip(event.why, MAX_TEXT), kind=event.kind,
                 retry_in=round(event.until - self.wall(), 1))
