@@ -293,6 +293,34 @@ def test_renewals_answered_408_three_times_log_in_again(make: Any) -> None:
         assert [m.value for m in worker.received() if isinstance(m, ipc.Token)] == ["tok-fresh"]
 
 
+def test_an_eviction_found_by_renewal_ends_the_pause_its_quota_shutdowns_caused(make: Any) -> None:
+    """The evicted sockets' ConnectionQuotaReached paused every handshake; once renewals answer 408 three times
+    (eviction), the pause ends and the shards reconnect with the fresh login's token at once."""
+    parent = booted(make, {"tradovate": {"renew_before": 60.0}})
+    parent.fakes.worker(0).send(ipc.Throttled("quota", "user/syncrequest", "ConnectionQuotaReached"))
+    parent.step()
+    assert status(parent)["budget"]["state"] == "paused"
+    idle(parent, 3600.0 - 60.0 - LOCKOUT + 10.0)  # renewal due while the (renewed) pause still runs
+    parent.fakes.worker(1).send(ipc.Throttled("quota", "user/syncrequest", "ConnectionQuotaReached"))
+    parent.step()
+    idle(parent, LOCKOUT - 30.0)
+    assert status(parent)["budget"]["state"] == "paused"
+    for _ in range(3):
+        for _ in range(100):  # the next renewal (or its retry) starts
+            if not parent.fakes.helpers[-1].exited:
+                break
+            idle(parent, 1.0, chunk=1.0)
+        helper = parent.fakes.helpers[-1]
+        assert helper.action is not None and not isinstance(helper.action, DoLogin)
+        helper.answer(Failed("HTTP 408", 408))
+        parent.step()
+    parent.step()
+    assert parent.fakes.helpers[-1].action == DoLogin()
+    assert status(parent)["budget"]["state"] == "ok"
+    parent.log_in("tok-fresh")
+    assert permitted(parent, [0, 1, 2, 3]) == [0, 1, 2, 3]
+
+
 # --- tokens checked at the parent, carried whole -------------------------------------------------------
 
 

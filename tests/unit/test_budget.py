@@ -243,3 +243,12 @@ def test_parked_shards_of_one_refusal_retry_one_at_a_time() -> None:
     assert [budget.hold_until(r, due) for r in (0, 1, 3)] == [due + LOCKOUT] * 3
     [park] = refuse(budget, 2, due + 1)
     assert isinstance(park, Park) and park.until == due + 1 + LOCKOUT
+
+
+def test_an_eviction_lifts_a_quota_pause_but_not_a_rate_limit() -> None:
+    """A quota shutdown pause is explained by our own evicted session: evicted() ends it; a 429 pause stays."""
+    budget = make()
+    budget.throttled("quota", SYNC, "ConnectionQuotaReached", 1.0)
+    assert budget.evicted() and budget.paused_until(2.0) is None
+    budget.throttled("ws429", "authorize", "", 3.0)
+    assert not budget.evicted() and budget.paused_until(4.0) == 3.0 + LOCKOUT

@@ -36,7 +36,9 @@ Rules:
    evicted by a newer login: :class:`Relogin` (once per token; the refusal
    counts of authorize are reset so the new token gets its fair attempts).
    A token no shard was ever authorized with is not evicted but refused:
-   that parks, as rule 2 says.
+   that parks, as rule 2 says.  An eviction (found here or by the token
+   keeper's renewals) also ends a ``quota`` pause: the evicted session's
+   sockets were shut with ConnectionQuotaReached, no rate limit of the server.
 """
 
 from __future__ import annotations
@@ -150,6 +152,15 @@ class Budget:
         self.throttles[reason] += 1
         assert self._pause_until is not None
         return self._pause_until
+
+    def evicted(self) -> bool:
+        """Our session was evicted: a pause for a quota shutdown was that eviction (its sockets were shut for
+        it), not the server's rate limit, so it ends now.  True when a pause was lifted."""
+        if self._pause_until is None or self._pause_reason != "quota":
+            return False
+        self._pause_until = self._pause_reason = None
+        self._pause_text = ""
+        return True
 
     def paused_until(self, now: float) -> float | None:
         """When the current pause ends (None: not paused)."""

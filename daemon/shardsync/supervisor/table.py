@@ -211,6 +211,7 @@ class ShardTable:
             elif isinstance(decision, api.Relogin):
                 planned = self.login.keeper.evicted(decision.why, self.wall())
                 self.log.warning("session_evicted", why=decision.why, login_planned=planned)
+                self.session_evicted()
 
     def on_throttled(self, reason: str, endpoint: str, text: str, now: float, *, shard: int | None = None) -> None:
         """The server said slow down for the whole API user: no new handshake of any shard for a while."""
@@ -220,9 +221,16 @@ class ShardTable:
                        resume_in=round(until - now, 1))
 
     def login_waited(self, wait: Wait) -> None:
-        """The token keeper was told to wait: a REST lock-out (423/429) also holds back every handshake."""
+        """The token keeper was told to wait: a REST lock-out (423/429) also holds back every handshake; an
+        eviction explains the quota shutdowns its sockets got."""
         if wait.kind == "locked":
             self.on_throttled("rest429", "auth", wait.why, self.clock())
+        elif wait.kind == "evicted":
+            self.session_evicted()
+
+    def session_evicted(self) -> None:
+        if self.budget.evicted():
+            self.log.info("connections_resumed", why="the quota shutdowns came from our own evicted session")
 
     def hold(self, now: float) -> Callable[[int], float | None]:
         """The permit gate's hold: until when the budget keeps a shard from connecting."""
