@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from shardsync.clip import clip
 from shardsync.config.values import is_loopback
 from shardsync.credentials import Credentials
 from shardsync.protocol import ProtocolError, excerpt, penalty_of
@@ -100,9 +101,16 @@ class Unauthorized:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """A transient failure: network error, timeout, 5xx, unexpected status or body."""
+    """A transient failure: network error, timeout, 5xx, unexpected status or body.
+
+    ``status`` is the HTTP status when the server answered (an unusable 200
+    body included), None when no answer came at all (DNS, connect, TLS,
+    timeout): the token keeper counts only answered logins as failed logins,
+    and reads 408/5xx on renewal as a sign of an evicted session.
+    """
 
     reason: str
+    status: int | None = None
 
 
 Outcome = Grant | Ticket | Captcha | Locked | Refused | Unauthorized | Failed
@@ -197,7 +205,7 @@ def _json_object(raw: bytes) -> dict[str, Any] | str:
 def _grant_of(data: dict[str, Any]) -> Grant | Failed:
     token, expiry, user_id = data.get("accessToken"), data.get("expirationTime"), data.get("userId")
     if not isinstance(token, str) or not token or not isinstance(expiry, str):
-        return Failed("response has no accessToken/expirationTime")
+        return Failed("response has no accessToken/expirationTime", 200)
     register_secret(token)
     md_token = data.get("mdAccessToken")
     if isinstance(md_token, str):
@@ -205,7 +213,7 @@ def _grant_of(data: dict[str, Any]) -> Grant | Failed:
     try:
         expires_at = parse_expiration(expiry)
     except ValueError:
-        return Failed("expirationTime is not an ISO-8601 timestamp")
+        return Failed("expirationTime is not an ISO-8601 timestamp", 200)
     uid = user_id if isinstance(user_id, int) and not isinstance(user_id, bool) else None
     return Grant(token, expires_at, uid)
 
@@ -214,7 +222,7 @@ def _penalty_outcome(data: dict[str, Any]) -> Ticket | Captcha | Failed | None:
     try:
         penalty = penalty_of(data)
     except ProtocolError:
-        return Failed("malformed time penalty (p-ticket/p-time)")
+        return Failed("malformed time penalty (p-ticket/p-time)", 200)
     if penalty is None:
         return None
     if penalty.captcha:
@@ -268,16 +276,17 @@ def _token_outcome(status: int, raw: bytes, on_error_text: Callable[[str], Outco
     if status in LOCKOUT_STATUSES:
         return Locked(status)
     if status != 200:
-        return Failed(f"HTTP {status}")
+        return Failed(f"HTTP {status}", status)
     data = _json_object(raw)
     if isinstance(data, str):
-        return Failed(data)
+        return Failed(data, status)
     penalty = _penalty_outcome(data)
     if penalty is not None:
         return penalty
     error = data.get("errorText")
     if error:
-        return on_error_text(str(error))
+        # Server text: clipped before it reaches a log line, the status or the helper's pipe.
+        return on_error_text(clip(str(error)))
     return _grant_of(data)
 
 

@@ -1,7 +1,9 @@
 """``shardsync status``: ask a running daemon for its shards and print them.
 
-The URL comes from ``--url``, else from the config file's ``[status] listen``,
-else the default listener.  Output is a table, or the raw document with
+The URL comes from ``--url``; else, with ``-c FILE``, from the runtime file
+the daemon of that config wrote once bound (``runtimefile.py``: so a daemon
+listening on port 0 is found), else from the file's ``[status] listen``; else
+the default listener.  Output is a table, or the raw document with
 ``--json``.  Exit 1 when no daemon answers, 78 when the config is invalid.
 """
 
@@ -204,6 +206,16 @@ def _resolve_url(args: argparse.Namespace) -> str | int:
     address = settings.status.address
     if address is None:
         print(f'shardsync: the status listener is off in {config} ([status] listen = "")', file=sys.stderr)
+        return EX_ERROR
+    from shardsync.runtimefile import read_runtime, runtime_path
+
+    path = runtime_path(settings, config)
+    running = read_runtime(path)
+    if running is not None:
+        return str(running["url"])
+    if address[1] == 0:
+        print(f"shardsync: {config} listens on port 0 and no running daemon's runtime file is at {path} "
+              "(not running, or started from another directory or environment?)", file=sys.stderr)
         return EX_ERROR
     return url_for_listen(address)
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from shardsync import ipc
 from shardsync.auth import Grant, Outcome
 from shardsync.config import Settings
@@ -28,6 +30,8 @@ from shardsync.supervisor.arbiter import Arbiter
 from shardsync.supervisor.authcall import AuthCall, outcome_to_json
 from shardsync.supervisor.notify import Notifier
 from shardsync.supervisor.processes import Launch, Processes
+from shardsync.supervisor.retire import RetireJob
+from shardsync.supervisor.retirer import RetireCall, retire_all
 from shardsync.supervisor.tokens import Action
 
 EXIT_OK = 0  # waitpid status of exit(0)
@@ -168,10 +172,12 @@ class FakeProcesses:
         self.helpers: list[FakeHelper] = []
         self._next_pid = 50_000
         self.pidfd_works = True
+        #: The jobs of every retire helper started.
+        self.retired: list[list[RetireJob]] = []
 
     def processes(self) -> Processes:
         return Processes(fork_worker=self.fork_worker, start_login=self.start_login, pidfd_open=self.pidfd_open,
-                         kill=self.kill, waitpid=self.waitpid)
+                         kill=self.kill, waitpid=self.waitpid, start_retire=self.start_retire)
 
     def _pid(self) -> int:
         self._next_pid += 1
@@ -195,6 +201,17 @@ class FakeProcesses:
         self.children[helper.pid] = helper
         self.helpers.append(helper)
         return AuthCall(action, helper.pid, read_fd, now + 25.0, kill=self.kill)
+
+    def start_retire(self, jobs: list[RetireJob], now: float) -> RetireCall:
+        """The retire helper's work, done here and now (real sinks); its answer waits in a real pipe."""
+        self.retired.append(list(jobs))
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(read_fd, False)
+        os.write(write_fd, orjson.dumps(retire_all(jobs)))
+        os.close(write_fd)
+        helper = FakeChild(self._pid(), status=EXIT_OK)
+        self.children[helper.pid] = helper
+        return RetireCall(jobs, helper.pid, read_fd, now + 60.0, kill=self.kill)
 
     def pidfd_open(self, pid: int) -> int:
         child = self.children[pid]

@@ -307,7 +307,8 @@ def test_readme_lists_exactly_the_exposed_series() -> None:
     section = readme.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
     listed = set(re.findall(r"`((?:shardsync|process)_[a-z_]+)(?:\{[a-z,]+\})?`", section))
     snap = StatusSnapshot(pid=1, started_at=0.0, uptime=1.0, ready=True, divisor=1,
-                          shards=(ShardStatus(0, "live"),), token_expires_in=1.0, token_renew_margin=1.0)
+                          shards=(ShardStatus(0, "live"),), token_expires_in=1.0, token_renew_margin=1.0,
+                          login={"failed_logins_last_hour": 0})
     body = metrics.render(lambda: snap).decode()
     families = list(text_string_to_metric_families(body))
     histograms = {f.name for f in families if f.type == "histogram"}

@@ -87,3 +87,18 @@ def test_reconfigure_keeps_waiting_and_holding_shards() -> None:
     assert gate.grant(0.1) == [1]
     with pytest.raises(ValueError, match="invalid"):
         gate.reconfigure(max_concurrent=0, spacing=0.0, hold_max=10.0)
+
+
+def test_a_held_shard_keeps_its_place_and_the_next_grant_time_skips_holds_without_a_time() -> None:
+    """hold: shard 1 held until t=10 and shard 2 held "until a change" (inf); shard 3 is granted now, shard 1 at
+    t=10, and next_at never reports an infinite time."""
+    gate = PermitGate(max_concurrent=4, spacing=0.0, hold_max=100.0)
+    for remainder in (1, 2, 3):
+        gate.request(remainder, 0.0)
+    holds = {1: 10.0, 2: float("inf")}
+    assert gate.grant(0.0, holds.get) == [3]
+    assert gate.next_at(0.0, holds.get) == 10.0
+    assert gate.grant(10.0, holds.get) == [1]
+    assert gate.next_at(10.0, holds.get) == pytest.approx(min(0.0 + 100.0, 10.0 + 100.0))
+    assert gate.grant(11.0, lambda r: None) == [2]
+    assert gate.granted == 3

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shardsync import secrets, statusclient
 from shardsync.supervisor import metrics
 from shardsync.supervisor.httpd import MAX_HEAD, StatusServer
-from shardsync.supervisor.status import ShardStatus, StatusSnapshot, status_line, summarize
+from shardsync.supervisor.status import ShardStatus, StatusSnapshot, render_status, status_line, summarize
 
 SHARDS = (
     ShardStatus(
@@ -134,7 +134,7 @@ def test_status_json_has_every_field(loop: Loop) -> None:
     assert first == {
         "remainder": 0, "state": "live", "pid": 101, "uptime": 12.5, "restarts": 1, "parked": False,
         "last_heartbeat_age": 0.4, "events_per_s": 3.5, "events": 120, "entities": 40, "reconnects": 2,
-        "last_error": None, "next_restart_in": None,
+        "last_error": None, "next_restart_in": None, "parked_reason": None, "rejections": 0,
     }
     assert doc["shards"][1]["next_restart_in"] == 2.0
     assert doc["shards"][2]["parked"] is True
@@ -305,17 +305,63 @@ def test_many_concurrent_clients() -> None:
         lp.close()
 
 
-def test_connections_over_the_cap_are_closed_at_once() -> None:
-    """Past max_connections a new client is closed immediately instead of left queued."""
-    lp = Loop(snapshot, max_connections=2)
+def test_idle_clients_over_the_cap_make_room_for_a_scrape() -> None:
+    """With every slot held by idle clients, a new client closes the oldest idle one and is answered."""
+    lp = Loop(lambda: snapshot(ALL_LIVE), max_connections=2)
     try:
         held = [lp.connect(), lp.connect()]
         lp.pump(lambda: lp.server.connections == 2)
+        scrape = lp.connect()
+        scrape.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        code, _, body = parse(lp.collect(scrape))
+        assert (code, body) == (200, b"ok\n")
+        assert lp.server.evicted == 1
+        assert lp.collect(held[0]) == b""  # the oldest was closed; the newer one still waits
+        held[1].sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert parse(lp.collect(held[1]))[0] == 200
+        for client in (*held, scrape):
+            client.close()
+    finally:
+        lp.close()
+
+
+def test_a_client_being_answered_is_never_evicted() -> None:
+    """When every slot is sending a response, a new client is refused (closed) rather than cutting an answer."""
+    many = tuple(ShardStatus(r, "live", events=r) for r in range(300))
+    lp = Loop(lambda: snapshot(many), max_connections=1)
+    lp.server._listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)  # accepted sockets inherit it
+    try:
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.settimeout(5)
+        slow.connect(("127.0.0.1", lp.server.port))
+        slow.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        slow.setblocking(False)
+        lp.pump(lambda: any(c.phase == "writing" for c in lp.server._connections.values()))
         extra = lp.connect()
         assert lp.collect(extra) == b""
-        assert lp.server.connections == 2
-        for client in (*held, extra):
+        assert lp.server.evicted == 0
+        code, headers, body = parse(lp.collect(slow))
+        assert code == 200 and len(body) == int(headers["content-length"])
+        for client in (slow, extra):
             client.close()
+    finally:
+        lp.close()
+
+
+def test_a_client_has_read_timeout_from_connect_and_write_timeout_for_the_answer() -> None:
+    """The deadline is READ_TIMEOUT (2 s) after connect by default, and the write timeout once answering."""
+    now = [50.0]
+    lp = Loop(lambda: snapshot(ALL_LIVE), clock=lambda: now[0], write_timeout=7.0)
+    try:
+        client = lp.connect()
+        lp.pump(lambda: lp.server.connections == 1)
+        assert lp.server.next_deadline() == 52.0
+        client.sendall(b"GET /status HTTP/1.0\r\n\r\n")
+        now[0] = 51.0
+        lp.pump(lambda: next(iter(lp.server._connections.values())).phase != "reading")
+        assert lp.server.next_deadline() == 58.0
+        client.close()
     finally:
         lp.close()
 
@@ -597,3 +643,17 @@ def test_url_for_listen_and_arguments() -> None:
     statusclient.add_arguments(parser)
     args = parser.parse_args(["-c", "x.toml", "--json", "--url", "h:1"])
     assert (args.config, args.json, args.url, args.timeout) == ("x.toml", True, "h:1", 3.0)
+
+
+def test_server_text_in_status_is_printable_and_clipped() -> None:
+    """last_error, parked_reason and the budget's text from a server: control characters replaced, at most 500
+    characters (and an ellipsis), whatever the worker or the server sent."""
+    hostile = "\x1b[31mred\r\nSet-Cookie: x\x00" + "y" * 5000
+    snap = StatusSnapshot(pid=1, started_at=0.0, uptime=1.0, ready=True, divisor=1,
+                          shards=(ShardStatus(0, "parked", parked=True, last_error=hostile, parked_reason=hostile),),
+                          budget={"state": "paused", "text": hostile}, login={"state": "failed", "last_error": hostile})
+    doc = orjson.loads(render_status(snap))
+    for text in (doc["shards"][0]["last_error"], doc["shards"][0]["parked_reason"], doc["budget"]["text"],
+                 doc["login"]["last_error"]):
+        assert len(text) <= 501 and text.endswith("…")
+        assert all(ch.isprintable() for ch in text)

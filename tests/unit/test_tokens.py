@@ -9,6 +9,8 @@ import pytest
 
 from shardsync.auth import Captcha, Failed, Grant, Locked, Outcome, Refused, Ticket, Unauthorized
 from shardsync.secrets import fingerprint
+from shardsync.supervisor.logincap import LOGIN_WINDOW
+from shardsync.supervisor.tokencheck import MAX_TOKEN, token_problem
 from shardsync.supervisor.tokens import (
     Action,
     DoLogin,
@@ -168,7 +170,7 @@ def test_penalty_is_honoured_with_ticket_after_wait() -> None:
     """A p-ticket penalty makes the next login carry the ticket, and only once p-time has passed."""
     keeper = make()
     _, event = run(keeper, T0, Ticket("tkt-1", 15.0))
-    assert event == Wait(T0 + 15, event.why) and isinstance(event, Wait)
+    assert event == Wait(T0 + 15, event.why, "penalty") and isinstance(event, Wait)
     assert "p-ticket" in event.why
     assert keeper.status(T0)["state"] == "penalty"
     assert keeper.due(T0 + 14.9) is None
@@ -339,13 +341,176 @@ def test_status_never_contains_the_token() -> None:
     assert "tok-1" not in repr(Grant("tok-1", 1.0))
 
 
-def test_grant_already_expired_does_not_loop_tightly() -> None:
-    """A token that arrives already expired (clock skew) is handed out but the next login waits on backoff."""
+def test_grant_already_expired_is_a_failed_login_and_never_handed_out() -> None:
+    """A token whose expirationTime is already past (clock skew) is a failed login: no TokenChanged, no token
+    kept, and the next login waits on the backoff."""
     keeper = make()
     _, event = run(keeper, T0, Grant("tok-1", T0 - 5, 7))
-    assert isinstance(event, TokenChanged)
+    assert isinstance(event, Wait) and "already past" in event.why
+    assert keeper.token is None
     assert keeper.due(T0) is None
     next_at = keeper.next_at()
     assert next_at is not None and next_at > T0
     assert keeper.status(T0)["state"] == "failed"
+    assert keeper.status(T0)["failed_logins_last_hour"] == 1
 
+
+# --- tokens checked before anyone sees them -----------------------------------------------------
+
+BAD_TOKENS = {
+    "empty": "",
+    "newline": "abc\ndef",
+    "carriage return": "abc\rdef",
+    "NUL": "abc\x00",
+    "space": "abc def",
+    "non-ASCII": "t\u00f6ken",
+    "over 8 KiB": "a" * (MAX_TOKEN + 1),
+}
+
+
+@pytest.mark.parametrize("token", list(BAD_TOKENS.values()), ids=list(BAD_TOKENS))
+def test_an_unusable_token_from_a_login_is_a_failed_login(token: str) -> None:
+    """Empty, control characters, spaces, non-ASCII or over 8 KiB: a failed login whose reason never quotes the
+    token, nothing handed out, the login retried on the backoff."""
+    keeper = make()
+    _, event = run(keeper, T0, Grant(token, T0 + 4800, 7))
+    assert isinstance(event, Wait) and event.kind == "failed"
+    assert "unusable answer" in event.why
+    if token:
+        assert token not in event.why and token not in str(keeper.status(T0))
+    assert keeper.token is None and keeper.due(event.until) == DoLogin()
+
+
+@pytest.mark.parametrize("token", ["abc\ndef", "a" * (MAX_TOKEN + 1)], ids=["newline", "over 8 KiB"])
+def test_an_unusable_token_from_a_renewal_keeps_the_current_one(token: str) -> None:
+    """A renewal answered with an unusable token is a failed renewal: the current token stays and is renewed
+    again on the backoff."""
+    keeper = logged_in()
+    now = T0 + 3900
+    action, event = run(keeper, now, Grant(token, now + 4800, 7))
+    assert action == DoRenew("tok-1") and isinstance(event, Wait)
+    assert keeper.token == "tok-1"  # noqa: S105 - a fake token
+    assert keeper.due(event.until) == DoRenew("tok-1")
+
+
+def test_a_token_of_exactly_8_kib_of_visible_ascii_is_accepted() -> None:
+    """The limits are inclusive: an 8 KiB token of every visible ASCII character is handed out whole."""
+    token = ("".join(chr(c) for c in range(0x21, 0x7F)) * 100)[:MAX_TOKEN]
+    assert token_problem(token) is None
+    _, event = run(make(), T0, Grant(token, T0 + 4800, 7))
+    assert event == TokenChanged(token, T0 + 4800)
+
+
+# --- at most two failed logins in any rolling hour ------------------------------------------------
+
+@pytest.mark.parametrize("failure", [Refused("Incorrect username or password."), Captcha(), Locked(429),
+                                     Failed("HTTP 500", 500)], ids=["refused", "captcha", "locked", "failed"])
+def test_the_third_failed_login_waits_until_the_first_is_an_hour_old(failure: Outcome) -> None:
+    """After two failed logins, whatever kind the second is, no login is due before the first is an hour old;
+    the status says capped."""
+    keeper = logged_in(captcha_backoff=60.0, lockout_backoff=60.0)
+    now = T0 + 3900
+    run(keeper, now, Unauthorized())  # the renewal: revoked, log in
+    run(keeper, now, Failed("HTTP 503", 503))  # failure 1, at `now`
+    first = now
+    at = keeper.next_at()
+    assert at is not None and at < first + 100  # only the backoff
+    _, event = run(keeper, at, failure)  # failure 2
+    assert isinstance(event, Wait) and event.kind == "capped" and event.until == first + LOGIN_WINDOW
+    assert "failed logins" in event.why
+    status = keeper.status(at)
+    assert status["state"] == "capped" and status["failed_logins_last_hour"] == 2
+    assert "Tradovate locks" in status["last_error"]
+    assert keeper.due(first + LOGIN_WINDOW - 0.01) is None
+    assert keeper.due(first + LOGIN_WINDOW) == DoLogin()
+
+
+def test_no_rolling_hour_ever_holds_three_failed_logins() -> None:
+    """Login failing forever: the attempts' times never put three failures in one rolling hour."""
+    keeper = make(captcha_backoff=1.0, lockout_backoff=1.0)
+    run(keeper, T0, Grant("tok-1", T0 + 4800, 7))
+    run(keeper, T0 + 3900, Unauthorized())
+    now, attempts = T0 + 3900, []
+    while now < T0 + 3900 + 5 * LOGIN_WINDOW:
+        at = keeper.next_at(now)
+        assert at is not None
+        now = max(now, at)
+        attempts.append(now)
+        run(keeper, now, Failed("HTTP 500", 500))
+    assert len(attempts) >= 8
+    for i in range(len(attempts) - 2):
+        assert attempts[i + 2] - attempts[i] >= LOGIN_WINDOW
+
+
+def test_a_login_that_reached_no_server_is_not_counted() -> None:
+    """Network failures (no HTTP answer) retry on the backoff without ever reaching the cap."""
+    keeper = make()
+    now = T0
+    for _ in range(5):
+        _, event = run(keeper, now, Failed("cannot reach the REST endpoint: connection refused"))
+        assert isinstance(event, Wait) and event.kind == "failed"
+        now = event.until
+    assert keeper.status(now)["failed_logins_last_hour"] == 0
+    assert keeper.due(now) == DoLogin()
+
+
+def test_an_expired_token_renewal_turned_login_waits_for_the_cap() -> None:
+    """With two failed logins counted, a renewal that is too late (token expired) waits for the cap too, and the
+    keeper's next_at says exactly when (no busy loop on a due-but-refused call)."""
+    keeper = logged_in(lifetime=600.0, renew_before=10.0)
+    keeper._cap.record(T0 + 100)
+    keeper._cap.record(T0 + 200)
+    late = T0 + 700  # the loop woke after expiry
+    assert keeper.next_at(late) == T0 + 100 + LOGIN_WINDOW
+    assert keeper.due(late) is None
+    assert keeper.due(T0 + 100 + LOGIN_WINDOW) == DoLogin()
+
+
+# --- eviction ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("status", [408, 502, 503])
+def test_three_renewals_in_a_row_answered_408_or_5xx_mean_log_in_again(status: int) -> None:
+    """An evicted session's renewal answers 408/5xx: the third in a row makes a login due at once."""
+    keeper = logged_in()
+    now = T0 + 3900
+    for _ in range(2):
+        action, event = run(keeper, now, Failed(f"HTTP {status}", status))
+        assert action == DoRenew("tok-1") and event.kind == "failed"
+        now = event.until
+    action, event = run(keeper, now, Failed(f"HTTP {status}", status))
+    assert action == DoRenew("tok-1")
+    assert isinstance(event, Wait) and event.kind == "evicted" and event.until == now
+    assert keeper.due(now) == DoLogin()
+    assert keeper.status(now)["state"] == "evicted"
+
+
+def test_renewal_failures_of_other_kinds_do_not_make_an_eviction() -> None:
+    """A 4xx answer between 408s breaks the run (a network failure neither counts nor breaks it): with no three
+    in a row the renewal keeps being retried."""
+    keeper = logged_in()
+    now = T0 + 3900
+    for outcome in (Failed("HTTP 408", 408), Failed("HTTP 404", 404), Failed("HTTP 408", 408),
+                    Failed("unreachable"), Failed("HTTP 408", 408)):
+        action, event = run(keeper, now, outcome)
+        assert action == DoRenew("tok-1") and event.kind == "failed"
+        now = event.until
+
+
+def test_evicted_schedules_one_login_now_and_respects_penalties_and_the_cap() -> None:
+    """evicted() plans a login now (once); during a lock-out or with the cap reached it changes nothing."""
+    keeper = logged_in()
+    assert keeper.evicted("authorize refused by 2 shards", T0 + 10)
+    assert keeper.due(T0 + 10) == DoLogin()
+    assert not keeper.evicted("again", T0 + 10)
+    assert keeper.status(T0 + 10)["state"] == "evicted"
+
+    locked = logged_in(lifetime=100_000, renew_before=10_000)
+    run(locked, T0 + 90_000, Locked(429))
+    assert not locked.evicted("authorize refused", T0 + 90_001)
+    assert locked.due(T0 + 90_001) is None
+
+    capped = logged_in()
+    capped._cap.record(T0)
+    capped._cap.record(T0 + 1)
+    assert capped.evicted("authorize refused", T0 + 10)
+    assert capped.due(T0 + 10) is None and capped.due(T0 + LOGIN_WINDOW) == DoLogin()

@@ -23,22 +23,25 @@ from collections.abc import Callable
 
 from shardsync.config import ConfigError, Settings, load_config
 from shardsync.credentials import Credentials
-from shardsync.exitcodes import EX_BREAKER, EX_NOPERM, EX_OK
+from shardsync.exitcodes import EX_BREAKER, EX_ERROR, EX_NOPERM, EX_OK
 from shardsync.logs import configure_logging, get_logger
 from shardsync.ordinal import HostSlot
 from shardsync.supervisor import reload as planner
 from shardsync.supervisor import timers
 from shardsync.supervisor.httpd import StatusServer
+from shardsync.supervisor.listener import StatusBindError, StatusListener
 from shardsync.supervisor.login import Login
 from shardsync.supervisor.notify import Notifier
 from shardsync.supervisor.options import worker_options
 from shardsync.supervisor.processes import Processes, describe
 from shardsync.supervisor.readiness import Ready
+from shardsync.supervisor.retire import FILE_KINDS, removed_by_reload, stale_files
+from shardsync.supervisor.retirer import Retirer
 from shardsync.supervisor.shard import Shard
 from shardsync.supervisor.signals import NAMES, WakeupPipe
 from shardsync.supervisor.status import StatusSnapshot
 from shardsync.supervisor.table import ShardTable
-from shardsync.supervisor.tokens import TokenKeeper
+from shardsync.supervisor.tokens import TokenKeeper, Wait
 
 #: The loop wakes at least this often even when nothing is due.
 MAX_SLEEP = 5.0
@@ -81,11 +84,14 @@ class Arbiter:
             rng=self.rng,
         )
         self.login = Login(keeper, settings, credentials, selector=self.selector, procs=self.procs, wall=wall,
-                           on_token=self.hand_out_token, on_fatal=self.login_refused)
+                           on_token=self.hand_out_token, on_fatal=self.login_refused,
+                           on_wait=self.login_waited)
         self.table = ShardTable(settings, procs=self.procs, selector=self.selector, clock=clock, wall=wall,
                                 rng=self.rng, parent_pid=self.pid, login=self.login, reap=self.reap,
                                 on_breaker=self.breaker_tripped)
-        self.status_server: StatusServer | None = None
+        self.retirer = Retirer(self.selector, self.procs.start_retire)
+        self.listener = StatusListener(self.snapshot, self.selector, config_path=config_path, pid=self.pid,
+                                       started_at=wall())
         self.stopping = False
         self.exit_code = EX_OK
         self.ready = False
@@ -99,8 +105,13 @@ class Arbiter:
         self.timers = timers.TimerList([
             timers.RestartsDue(self), timers.WorkerDeadlines(self), timers.PermitGrants(self),
             timers.LoginDue(self), timers.LoginDeadline(self), timers.Watchdog(self.notifier, clock()),
-            timers.Readiness(self), timers.StatusExpiry(self),
+            timers.Readiness(self), timers.StatusExpiry(self), timers.RetireDue(self),
         ])
+
+    @property
+    def status_server(self) -> StatusServer | None:
+        """The bound status listener, if any."""
+        return self.listener.server
 
     @property
     def shards(self) -> dict[int, Shard]:
@@ -110,7 +121,14 @@ class Arbiter:
     # --- the loop ---------------------------------------------------------------
 
     def run(self) -> int:
-        self.start()
+        try:
+            self.start()
+        except StatusBindError as exc:
+            # Before any fork: a daemon whose /metrics and /healthz silently vanish is worse than none.
+            self.log.critical("status_listen_failed", listen=exc.listen, error=exc.reason, message=str(exc))
+            self.exit_code = EX_ERROR
+            self.cleanup()
+            return self.exit_code
         try:
             while self.step():
                 pass
@@ -120,11 +138,11 @@ class Arbiter:
         return self.exit_code
 
     def start(self) -> None:
-        """Everything before the first pass: signals, the status listener, the shard table."""
+        """Everything before the first pass: the status listener (StatusBindError), signals, the shard table."""
+        self.listener.open(self.settings)
         if self._os_signals:
             self._wakeup = WakeupPipe()
             self.selector.register(self._wakeup.fd, selectors.EVENT_READ, self.on_wakeup)
-        self.start_status_server()
         self.log.info(
             "supervisor_started", divisor=self.settings.sync.divisor,
             remainders=list(self.settings.sync.remainders), pid=self.pid,
@@ -133,6 +151,7 @@ class Arbiter:
         options = worker_options(self.settings)
         for remainder in self.settings.sync.remainders:
             self.table.add(remainder, options)
+        self.retirer.add(stale_files(_listing(self.settings), self.settings))
 
     def step(self) -> bool:
         """One pass: signals, due timers, one wait in the selector, reaping; False once everything stopped."""
@@ -147,7 +166,7 @@ class Arbiter:
         return True
 
     def children_alive(self) -> bool:
-        return self.table.any_running() or self.login.alive
+        return self.table.any_running() or self.login.alive or self.retirer.alive
 
     # --- signals ------------------------------------------------------------------
 
@@ -192,11 +211,14 @@ class Arbiter:
                 return
             if pid == 0:
                 return
-            if not self.table.exited(pid, status) and not self.login.reaped(pid):
+            if not self.table.exited(pid, status) and not self.login.reaped(pid) and not self.retirer.reaped(pid):
                 self.log.warning("unknown_child_reaped", child_pid=pid, status=describe(status))
 
     def hand_out_token(self, token: str, expires_at: float) -> None:
         self.table.hand_out_token(token, expires_at)
+
+    def login_waited(self, wait: Wait) -> None:
+        self.table.login_waited(wait)
 
     def login_refused(self, message: str) -> None:
         self.log.critical("login_refused", reason=message)
@@ -217,6 +239,7 @@ class Arbiter:
         self.notifier.stopping(f"stopping: {why}")
         self.table.stop_all(self.clock())
         self.login.kill()
+        self.retirer.kill()
 
     def quick_stop(self, why: str) -> None:
         self.log.warning("quick_shutdown", why=why)
@@ -233,37 +256,24 @@ class Arbiter:
             self.notifier.ready(self.table.status_line())
             return
         plan = planner.plan({r: s.row() for r, s in self.shards.items()}, self.settings, new)
-        self.settings = self.login.settings = new
+        old, self.settings = self.settings, new
+        self.login.settings = new
         if plan.logging:
             configure_logging(fmt=new.log.format, level=new.log.level, secrets=new.secrets())
         self.table.configure(new)
+        # An operator acted: shards parked for a refusal the server keeps giving get their chance again.
+        self.table.budget.operator_acted()
         now = self.clock()
         for step in plan.steps:
             self.table.carry_out_step(step, now)
-        if plan.status:
-            self.stop_status_server()
-            self.start_status_server()
+        self.listener.reconfigure(old, new)
+        # Once every new shard is live, what the new config no longer owns is marked retired.
+        self.retirer.add(removed_by_reload(old, new))
+        self.retirer.add(stale_files(_listing(new), new))
         self.log.info("reloaded", added=plan.added, removed=plan.removed, restarted=plan.restarted)
         self.notifier.ready(self.table.status_line())
 
     # --- status ------------------------------------------------------------------------
-
-    def start_status_server(self) -> None:
-        address = self.settings.status.address
-        if address is None:
-            return
-        try:
-            self.status_server = StatusServer(address, self.snapshot)
-        except OSError as exc:
-            self.log.error("status_listen_failed", listen=self.settings.status.listen, error=str(exc))
-            return
-        self.status_server.register(self.selector)
-        self.log.info("status_listening", host=address[0], port=self.status_server.port)
-
-    def stop_status_server(self) -> None:
-        if self.status_server is not None:
-            self.status_server.close()
-            self.status_server = None
 
     def snapshot(self) -> StatusSnapshot:
         now, wall = self.clock(), self.wall()
@@ -275,6 +285,8 @@ class Arbiter:
             token_expires_in=None if keeper.token is None or keeper.expires_at is None
             else round(keeper.expires_at - wall, 3),
             token_renew_margin=keeper.renew_margin,
+            budget=self.table.budget.status(now),
+            login=keeper.status(wall),
         )
 
     def become_ready(self, ready: Ready) -> None:
@@ -293,6 +305,7 @@ class Arbiter:
     def cleanup(self) -> None:
         self.table.kill_all()
         self.login.kill()
+        self.retirer.kill()
         # Whatever is left is reaped so that nothing lingers as a zombie (at most ~5 s).
         for _ in range(500):
             try:
@@ -301,7 +314,17 @@ class Arbiter:
                 break
             if pid == 0:
                 time.sleep(0.01)
-        self.stop_status_server()
+        self.listener.close()
         if self._wakeup is not None:
             self._wakeup.close()
         self.selector.close()
+
+
+def _listing(settings: Settings) -> list[str]:
+    """The names in a sqlite/jsonl state directory (none for other sinks, or when it does not exist yet)."""
+    if settings.sink.kind not in FILE_KINDS:
+        return []
+    try:
+        return os.listdir(settings.sink.path)
+    except OSError:
+        return []

@@ -122,8 +122,8 @@ def outcome_to_json(outcome: Outcome) -> bytes:
             doc = {"kind": "refused", "text": text}
         case Unauthorized():
             doc = {"kind": "unauthorized"}
-        case Failed(reason):
-            doc = {"kind": "failed", "reason": reason}
+        case Failed(reason, status):
+            doc = {"kind": "failed", "reason": reason, "status": status}
         case _:
             raise TypeError(f"not an auth outcome: {type(outcome).__name__}")
     return orjson.dumps(doc)
@@ -163,5 +163,6 @@ def outcome_from_json(data: bytes) -> Outcome:
     if kind == "unauthorized":
         return Unauthorized()
     if kind == "failed":
-        return Failed(_field(doc, "reason", str))
+        status = doc.get("status")
+        return Failed(_field(doc, "reason", str), None if status is None else _field(doc, "status", int))
     raise ValueError(f"unknown auth outcome kind {kind!r}")

@@ -6,6 +6,14 @@ server.  Every key it registers carries its own handler as the key's data
 slow clients at :meth:`StatusServer.next_deadline`.  Each connection carries
 one request and is closed after the response.
 
+Nobody can block a scrape: a client has ``read_timeout`` (2 s) from its
+connect to send a whole request head and ``write_timeout`` to take the
+answer; at most ``max_connections`` are open, and when all are taken a new
+client closes the oldest one that is not being answered (still reading, or
+answered and lingering), so idle or slow clients make room for real ones.
+The listener has no authentication: it binds loopback unless configured
+otherwise (README "Status and metrics").
+
 Endpoints: ``/status`` and ``/healthz`` (rendered by ``status.py``) and
 ``/metrics`` (``metrics.py``), each from one fresh snapshot of a provider.
 """
@@ -27,7 +35,10 @@ from shardsync.supervisor.status import StatusSnapshot, render_healthz, render_s
 __all__ = ["MAX_HEAD", "StatusServer"]
 
 MAX_HEAD: Final = 8192
-IDLE_TIMEOUT: Final = 5.0
+#: Seconds from connect to a complete request head.
+READ_TIMEOUT: Final = 2.0
+#: Seconds to take the response (and close) once it is ready.
+WRITE_TIMEOUT: Final = 5.0
 MAX_CONNECTIONS: Final = 64
 ACCEPT_PAUSE: Final = 1.0
 _ACCEPT_BATCH: Final = 32
@@ -89,7 +100,8 @@ class StatusServer:
         provider: Callable[[], StatusSnapshot],
         *,
         clock: Callable[[], float] = time.monotonic,
-        idle_timeout: float = IDLE_TIMEOUT,
+        idle_timeout: float = READ_TIMEOUT,
+        write_timeout: float = WRITE_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         host, port = address
@@ -107,7 +119,10 @@ class StatusServer:
         self._provider = provider
         self._clock = clock
         self._idle_timeout = idle_timeout
+        self._write_timeout = write_timeout
         self._max_connections = max_connections
+        #: Clients closed to make room for newer ones (for tests and the log).
+        self.evicted = 0
         self._selector: selectors.BaseSelector | None = None
         self._connections: dict[int, _Connection] = {}
         self._paused_until: float | None = None
@@ -205,13 +220,23 @@ class StatusServer:
                 selector.unregister(self._listener)
                 self._paused_until = self._clock() + ACCEPT_PAUSE
                 return
-            if len(self._connections) >= self._max_connections:
-                sock.close()  # refusing by closing: leaving it queued keeps the listener readable forever
+            if len(self._connections) >= self._max_connections and not self._evict_one():
+                sock.close()  # every slot is sending an answer: refuse by closing (queued, it would spin)
                 continue
             sock.setblocking(False)
             conn = _Connection(self, sock, self._clock() + self._idle_timeout)
             self._connections[sock.fileno()] = conn
             selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _evict_one(self) -> bool:
+        """Close the oldest client not being answered right now, to make room; False when every one is."""
+        # Dict order is accept order: the first match is the oldest.
+        victim = next((c for c in self._connections.values() if c.phase != _WRITING), None)
+        if victim is None:
+            return False
+        self._close(victim)
+        self.evicted += 1
+        return True
 
     def _read(self, conn: _Connection) -> None:
         try:
@@ -261,6 +286,7 @@ class StatusServer:
         conn.inbuf.clear()
         conn.outbuf = memoryview(data)
         conn.phase = _WRITING
+        conn.deadline = self._clock() + self._write_timeout
         self._write(conn)
 
     def _write(self, conn: _Connection) -> None:

@@ -13,8 +13,10 @@ import contextlib
 import selectors
 from collections.abc import Callable
 
+from shardsync.clip import clip
 from shardsync.config import Settings
 from shardsync.credentials import Credentials
+from shardsync.ipc import MAX_TEXT
 from shardsync.logs import get_logger
 from shardsync.secrets import register_secret
 from shardsync.supervisor.authcall import AuthCall
@@ -41,6 +43,7 @@ class Login:
         wall: Callable[[], float],
         on_token: Callable[[str, float], None],
         on_fatal: Callable[[str], None],
+        on_wait: Callable[[Wait], None] | None = None,
     ) -> None:
         self.keeper = keeper
         self.settings = settings
@@ -50,6 +53,7 @@ class Login:
         self.wall = wall
         self.on_token = on_token
         self.on_fatal = on_fatal
+        self.on_wait = on_wait
         self.call: AuthCall | None = None
         self.log = get_logger("shardsync.supervisor")
         #: Helpers that answered and are exiting: reaped later, never waited for.
@@ -64,8 +68,9 @@ class Login:
         """When (on the loop's clock at ``now``) the keeper's next call is due; None while one runs."""
         if self.call is not None:
             return None
-        at = self.keeper.next_at()
-        return None if at is None else now + max(0.0, at - self.wall())
+        wall = self.wall()
+        at = self.keeper.next_at(wall)
+        return None if at is None else now + max(0.0, at - wall)
 
     def start_call(self, now: float) -> None:
         """Start the call the keeper says is due, if any."""
@@ -115,8 +120,12 @@ class Login:
         elif isinstance(event, Fatal):
             self.on_fatal(event.message)
         elif isinstance(event, Wait):
-            log = self.log.error if "captcha" in event.why.lower() else self.log.warning
-            log("token_backoff", why=event.why, retry_in=round(event.until - self.wall(), 1))
+            loud = event.kind in ("captcha", "capped")
+            (self.log.error if loud else self.log.warning)(
+                "token_backoff", why=clip(event.why, MAX_TEXT), kind=event.kind,
+                retry_in=round(event.until - self.wall(), 1))
+            if self.on_wait is not None:
+                self.on_wait(event)
 
     def reaped(self, pid: int) -> bool:
         """``pid`` was reaped: whether it was one of the helpers."""

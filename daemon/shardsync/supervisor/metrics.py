@@ -79,6 +79,7 @@ class ShardCollector(Collector):
             age.add_metric([label], _known(shard.last_heartbeat_age))
             parked.add_metric([label], 1.0 if shard.parked else 0.0)
         yield from (up, state, restarts, reconnects, events, entities, age, parked)
+        yield from _budget_families(snap)
         yield GaugeMetricFamily("shardsync_shards_configured", "Shards this host runs", value=len(snap.shards))
         yield GaugeMetricFamily("shardsync_ready", "1 once READY=1 was sent", value=1.0 if snap.ready else 0.0)
         yield GaugeMetricFamily("shardsync_parent_uptime_seconds", "Seconds since the parent started", snap.uptime)
@@ -184,3 +185,37 @@ def render(provider: Callable[[], StatusSnapshot]) -> bytes:
     registry.register(ShardCollector(provider))
     registry.register(_PROCESS)
     return generate_latest(registry)
+
+
+# --- the API budget (supervisor/budget.py) and the login cap: throttles, refusals, failed logins ---------
+
+
+def _budget_families(snap: StatusSnapshot) -> Iterable[Metric]:
+    """The API budget's series: pause, throttles by reason, refusals and refusal parks per shard, failed logins."""
+    budget = snap.budget or {}
+    paused = GaugeMetricFamily(
+        "shardsync_connections_paused", "1 while Tradovate's rate limit holds back every new connection")
+    paused.add_metric([], 1.0 if budget.get("state") == "paused" else 0.0)
+    remaining = GaugeMetricFamily(
+        "shardsync_connections_paused_seconds", "Seconds until new connections may start again (0: not paused)")
+    remaining.add_metric([], float(budget.get("until_in") or 0.0))
+    throttles = CounterMetricFamily(
+        "shardsync_throttles", "Throttles (ws429, quota, captcha, rest429) since the daemon started", labels=["reason"])
+    for reason in ("ws429", "quota", "captcha", "rest429"):
+        throttles.add_metric([reason], float((budget.get("throttles") or {}).get(reason, 0)))
+    rejections = CounterMetricFamily(
+        "shardsync_shard_rejections", "Requests of the shard the server refused since the daemon started",
+        labels=["shard"])
+    refused = GaugeMetricFamily(
+        "shardsync_shard_refused_parked", "1 if the shard is parked because the server keeps refusing it "
+        "(a configuration error: see parked_reason in /status)", labels=["shard"])
+    parked = set(budget.get("parked") or ())
+    for shard in snap.shards:
+        label = str(shard.remainder)
+        rejections.add_metric([label], float(shard.rejections))
+        refused.add_metric([label], 1.0 if shard.remainder in parked else 0.0)
+    yield from (paused, remaining, throttles, rejections, refused)
+    failures = (snap.login or {}).get("failed_logins_last_hour")
+    if failures is not None:
+        yield GaugeMetricFamily("shardsync_failed_logins_last_hour",
+                                "Failed logins counted in the last hour (no login while 2)", value=float(failures))

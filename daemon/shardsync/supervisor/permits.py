@@ -4,11 +4,15 @@ A worker asks before every (re)connect.  Its permit counts as in flight until
 the worker reports that its handshake is over (any state past
 ``authorizing``), exits, or ``hold_max`` seconds pass, whichever is first;
 the last bound keeps a lost report from shrinking the pool forever.
+
+A ``hold`` callable (the API budget, ``budget.py``) may hold a waiting shard
+back until a time: it keeps its place in the queue and is skipped meanwhile.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TypedDict
 
 from shardsync.ipc import ShardState
@@ -21,6 +25,9 @@ HANDSHAKE_STATES = frozenset({ShardState.CONNECTING, ShardState.AUTHORIZING})
 #: from a heartbeat the worker sent before the permit reached it (still in the pipe
 #: when the parent granted); a worker that really asks again calls request().
 HOLDING_STATES = HANDSHAKE_STATES | {ShardState.WAITING_PERMIT}
+#: Until when a waiting shard is held back (None: not held; inf: until something changes).
+Hold = Callable[[int], float | None]
+INF = float("inf")
 
 
 class PermitGate:
@@ -32,6 +39,8 @@ class PermitGate:
         self._in_flight: dict[int, float] = {}
         self._last_grant = float("-inf")
         self.peak = 0
+        #: Permits handed out since start (each one is a handshake: authorize, syncrequest).
+        self.granted = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PermitGate:
@@ -71,25 +80,34 @@ class PermitGate:
             if now - granted >= self.hold_max:
                 del self._in_flight[remainder]
 
-    def grant(self, now: float) -> list[int]:
-        """The shards to hand a permit to now."""
+    def grant(self, now: float, hold: Hold | None = None) -> list[int]:
+        """The shards to hand a permit to now, first come first served among those not held."""
         self._expire(now)
         granted: list[int] = []
-        while self._waiting and len(self._in_flight) < self.max_concurrent:
-            if now - self._last_grant < self.spacing:
+        for remainder in list(self._waiting):
+            if len(self._in_flight) >= self.max_concurrent or now - self._last_grant < self.spacing:
                 break
-            remainder, _ = self._waiting.popitem(last=False)
+            until = None if hold is None else hold(remainder)
+            if until is not None and until > now:
+                continue
+            del self._waiting[remainder]
             self._in_flight[remainder] = now
             self._last_grant = now
             granted.append(remainder)
         self.peak = max(self.peak, len(self._in_flight))
+        self.granted += len(granted)
         return granted
 
-    def next_at(self, now: float) -> float | None:
+    def next_at(self, now: float, hold: Hold | None = None) -> float | None:
         """When ``grant`` may next hand out something (None: nothing to wait for)."""
         times: list[float] = [granted + self.hold_max for granted in self._in_flight.values()]
         if self._waiting and len(self._in_flight) < self.max_concurrent:
-            times.append(max(now, self._last_grant + self.spacing))
+            ready = max(now, self._last_grant + self.spacing)
+            helds = (None if hold is None else hold(r) for r in self._waiting)
+            # Held "until a change" (inf) has no time: the change itself comes with a message.
+            eligible = [ready if until is None else max(ready, until) for until in helds if until != INF]
+            if eligible:
+                times.append(min(eligible))
         return min(times) if times else None
 
     @property

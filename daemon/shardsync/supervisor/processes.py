@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from shardsync.config import Settings
 from shardsync.credentials import Credentials
 from shardsync.supervisor.authcall import AuthCall
+from shardsync.supervisor.retire import RetireJob
+from shardsync.supervisor.retirer import RetireCall
 from shardsync.supervisor.tokens import Action
 from shardsync.worker.boot import run_child
 from shardsync.worker.options import WorkerOptions
@@ -47,12 +49,18 @@ def start_login(action: Action, settings: Settings, credentials: Credentials, no
     return AuthCall.start(action, settings, credentials, now)
 
 
+def start_retire(jobs: list[RetireJob], now: float) -> RetireCall:
+    """Fork the helper retiring ``jobs`` (see ``retirer.py``)."""
+    return RetireCall.start(jobs, now)
+
+
 @dataclass(frozen=True, slots=True)
 class Processes:
     """Fork, pidfd, kill and waitpid, as the parent uses them."""
 
     fork_worker: Callable[[Launch], int] = fork_worker
     start_login: Callable[[Action, Settings, Credentials, float], AuthCall] = start_login
+    start_retire: Callable[[list[RetireJob], float], RetireCall] = start_retire
     pidfd_open: Callable[[int], int] = os.pidfd_open
     kill: Callable[[int, int], None] = os.kill
     waitpid: Callable[[int, int], tuple[int, int]] = os.waitpid

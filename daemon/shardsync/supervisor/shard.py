@@ -25,6 +25,8 @@ from shardsync.worker.options import WorkerOptions
 
 #: A selector key's handler: called with the ready mask.
 Handler = Callable[[int], None]
+#: Bytes a worker's pipe may owe it at most (frames it could not take yet); beyond, tell() refuses.
+OUTGOING_MAX = 256 * 1024
 
 
 @dataclass(eq=False)
@@ -48,6 +50,8 @@ class Shard:
     restarts: int = 0
     next_start_at: float | None = None
     parked: bool = False
+    #: Why the restart policy parked it (shown in /status while parked).
+    parked_reason: str | None = None
     stop_requested: bool = False
     kill_at: float | None = None
     hung: bool = False
@@ -64,6 +68,8 @@ class Shard:
     last_commit_at: float | None = None
     snapshot_seconds: float | None = None
     _rate_mark: tuple[float, int] | None = field(default=None, repr=False)
+    #: Frames for the worker that its pipe could not take yet, in order (see tell()).
+    _outgoing: bytearray = field(default_factory=bytearray, repr=False)
 
     @property
     def running(self) -> bool:
@@ -105,6 +111,7 @@ class Shard:
         self.phase = ShardState.STARTING
         self.next_start_at = None
         self.parked = False
+        self.parked_reason = None
         self.then = Then.POLICY
         selector.register(out_r, selectors.EVENT_READ, on_output)
         try:
@@ -142,6 +149,7 @@ class Shard:
             uptime=round(now - self.started_at, 3) if self.running else None,
             restarts=self.restarts,
             parked=self.parked,
+            parked_reason=self.parked_reason if self.parked else None,
             last_heartbeat_age=None if self.last_beat is None else round(now - self.last_beat, 3),
             events_per_s=round(self.events_per_s, 1),
             events=beat.events if beat else 0,
@@ -179,10 +187,35 @@ class Shard:
             self._rate_mark = (now, beat.events)
 
     def tell(self, message: ipc.Message) -> bool:
-        """Send to the worker without ever blocking the parent (a stopped worker's pipe may be full)."""
+        """Send to the worker without ever blocking the parent (a stopped worker's pipe may be full).
+
+        A frame larger than PIPE_BUF (an 8 KiB token) may go only partly into
+        a nearly full pipe: the rest waits here and goes first at the next
+        :meth:`flush` (the table flushes whenever the worker speaks), so
+        every frame arrives whole and in order.  False when the worker is
+        gone or already owes more than OUTGOING_MAX bytes (nothing queued).
+        """
         if self.inbox_w is None:
             return False
-        return ipc.send(self.inbox_w, message, block=False)
+        frame = ipc.encode(message)
+        if len(self._outgoing) + len(frame) > OUTGOING_MAX:
+            return False
+        self._outgoing += frame
+        self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Write what the worker's pipe takes now of the queued frames, never blocking."""
+        if self.inbox_w is None:
+            return
+        try:
+            while self._outgoing:
+                written = os.write(self.inbox_w, self._outgoing)
+                del self._outgoing[:written]
+        except BlockingIOError:
+            pass
+        except (BrokenPipeError, ConnectionResetError):
+            self._outgoing.clear()
 
     def signal(self, sig: int) -> None:
         if self.pid is None:
@@ -212,6 +245,7 @@ class Shard:
         self.stop_requested = False
         self._rate_mark = None
         self.events_per_s = 0.0
+        self._outgoing.clear()
         return messages
 
     def request_stop(self, now: float, grace: float) -> None:

@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
+from shardsync.clip import clip
 from shardsync.ipc import ShardState
 from shardsync.secrets import redact_text
 from shardsync.supervisor.tally import Counts
@@ -54,6 +55,10 @@ class ShardStatus:
     last_commit_age: float | None = None
     snapshot_seconds: float | None = None  # syncrequest to live, of the shard's last (re)sync
     counts: Counts = field(default_factory=Counts)
+    #: Why it is parked: the restart policy's reason, or the server's refusal (clipped).
+    parked_reason: str | None = None
+    #: Requests of this shard the server refused (``Rejected``) since the daemon started.
+    rejections: int = 0
 
     @property
     def live(self) -> bool:
@@ -74,6 +79,10 @@ class StatusSnapshot:
     # --- for /metrics: the parent's token (seconds; None while it holds none) ----------------
     token_expires_in: float | None = None
     token_renew_margin: float | None = None  # renewed this long before it expires
+    #: The API budget (``budget.Budget.status``): whether new connections are paused, why, until when.
+    budget: dict[str, Any] | None = None
+    #: The token keeper (``tokens.TokenKeeper.status``): login state, failed logins in the last hour.
+    login: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, int]:
         """Shards per state (a parked shard counts as parked), always with live/backoff/parked."""
@@ -86,6 +95,11 @@ def summarize(shards: Iterable[tuple[str, bool]]) -> dict[str, int]:
     counts = Counter(str(ShardState.PARKED if parked else state) for state, parked in shards)
     always = {str(state): 0 for state in (ShardState.LIVE, ShardState.BACKOFF, ShardState.PARKED)}
     return {"total": sum(counts.values()), **always, **counts}
+
+
+def _text(value: str | None) -> str | None:
+    """Text that may come from a server: printable, clipped, secrets redacted."""
+    return None if value is None else redact_text(clip(value, _MAX_ERROR))
 
 
 def _seconds(value: float | None) -> float | None:
@@ -107,12 +121,14 @@ def render_status(snap: StatusSnapshot) -> bytes:
             "events": s.events,
             "entities": s.entities,
             "reconnects": s.reconnects,
-            "last_error": None if s.last_error is None else redact_text(s.last_error[:_MAX_ERROR]),
+            "last_error": _text(s.last_error),
             "next_restart_in": _seconds(s.next_restart_in),
+            "parked_reason": _text(s.parked_reason),
+            "rejections": s.rejections,
         }
         for s in snap.shards
     ]
-    doc = {
+    doc: dict[str, Any] = {
         "pid": snap.pid,
         "started_at": snap.started_at,
         "uptime": _seconds(snap.uptime),
@@ -121,6 +137,10 @@ def render_status(snap: StatusSnapshot) -> bytes:
         "summary": snap.summary(),
         "shards": shards,
     }
+    if snap.budget is not None:
+        doc["budget"] = {**snap.budget, "text": _text(snap.budget.get("text"))}
+    if snap.login is not None:
+        doc["login"] = {**snap.login, "last_error": _text(snap.login.get("last_error"))}
     return orjson.dumps(doc)
 
 

@@ -10,6 +10,7 @@ owns the loop and calls in.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import random
 import selectors
@@ -17,9 +18,12 @@ import signal
 from collections.abc import Callable
 
 from shardsync import ipc
+from shardsync.clip import clip
 from shardsync.config import Settings
-from shardsync.ipc import ShardState
+from shardsync.ipc import MAX_TEXT, ShardState
 from shardsync.logs import get_logger
+from shardsync.supervisor import budget as api
+from shardsync.supervisor.budget import Budget
 from shardsync.supervisor.hang import Hung, Kill, Limits, Verdict
 from shardsync.supervisor.login import Login
 from shardsync.supervisor.permits import PermitGate
@@ -28,10 +32,13 @@ from shardsync.supervisor.processes import Processes, describe
 from shardsync.supervisor.reload import Step, Then
 from shardsync.supervisor.shard import Shard
 from shardsync.supervisor.status import ShardStatus, status_line, summarize
-from shardsync.supervisor.tokens import Resend
+from shardsync.supervisor.tokens import Resend, Wait
 from shardsync.worker.options import WorkerOptions
 
 __all__ = ["ShardTable"]
+
+#: States a worker reaches only after authorize accepted its token.
+_AUTHORIZED = frozenset({ShardState.SYNCING, ShardState.LIVE})
 
 
 class ShardTable:
@@ -66,6 +73,8 @@ class ShardTable:
         self.policy = RestartPolicy.from_settings(settings.supervisor, rng)
         self.permits = PermitGate.from_settings(settings)
         self.limits = Limits.from_settings(settings.supervisor)
+        self.budget = Budget(lockout_backoff=settings.tradovate.lockout_backoff,
+                             captcha_backoff=settings.tradovate.captcha_backoff)
         #: Set at shutdown: exits are final, nothing is restarted.
         self.stopping = False
 
@@ -75,6 +84,8 @@ class ShardTable:
             self.policy = RestartPolicy.from_settings(new.supervisor, self.rng)
             self.limits = Limits.from_settings(new.supervisor)
         self.permits.reconfigure_from(new)
+        self.budget.reconfigure(lockout_backoff=new.tradovate.lockout_backoff,
+                                captcha_backoff=new.tradovate.captcha_backoff)
         self.policy.set_shards(new.sync.remainders)
         self.settings = new
 
@@ -87,12 +98,35 @@ class ShardTable:
         """Every configured shard has been live at least once."""
         return bool(self.shards) and all(s.ever_live for s in self.shards.values())
 
+    def all_live_now(self) -> bool:
+        """The table is exactly the configured shards, and every one is live right now (none parked)."""
+        wanted = set(self.settings.sync.remainders)
+        return set(self.shards) == wanted and all(
+            s.state is ShardState.LIVE and not self.parked(s) for s in self.shards.values())
+
     def status_line(self) -> str:
         # Runs on every pass of the loop: counts only, not a whole snapshot.
-        return status_line(summarize((s.state, s.parked) for s in self.shards.values()))
+        line = status_line(summarize((s.state, self.parked(s)) for s in self.shards.values()))
+        paused = self.budget.paused_until(self.clock())
+        return line if paused is None else f"{line}; new connections paused by Tradovate's rate limit"
+
+    def parked(self, shard: Shard) -> bool:
+        """Parked by the restart policy (a crash loop) or by the API budget (the server keeps refusing it)."""
+        return shard.parked or self.budget.parked(shard.remainder)
 
     def statuses(self, now: float, wall: float) -> tuple[ShardStatus, ...]:
-        return tuple(s.status(now, wall) for s in sorted(self.shards.values(), key=lambda s: s.remainder))
+        return tuple(self._status(s, now, wall) for s in sorted(self.shards.values(), key=lambda s: s.remainder))
+
+    def _status(self, shard: Shard, now: float, wall: float) -> ShardStatus:
+        status = shard.status(now, wall)
+        budget = self.budget.shard(shard.remainder)
+        if budget.parked:
+            assert budget.parked_until is not None
+            # Its worker waits for a permit that does not come: to an operator that is "parked".
+            return dataclasses.replace(
+                status, state=ShardState.PARKED, parked=True, parked_reason=budget.parked_reason,
+                rejections=budget.rejections, next_restart_in=round(max(0.0, budget.parked_until - now), 3))
+        return dataclasses.replace(status, rejections=budget.rejections)
 
     # --- workers ---------------------------------------------------------------------
 
@@ -124,10 +158,12 @@ class ShardTable:
         try:
             messages = shard.outbox.read()
         except ipc.IPCError as exc:
-            self.log.error("worker_pipe_corrupt", shard=shard.remainder, error=str(exc))
+            self.log.error("worker_pipe_corrupt", shard=shard.remainder, error=clip(str(exc), MAX_TEXT))
             shard.signal(signal.SIGKILL)
             return
         now = self.clock()
+        # It reads its inbox in the same loop that wrote to us: whatever its pipe owes it can go now.
+        shard.flush()
         for message in messages:
             self.on_message(shard, message, now)
         if shard.outbox.eof:
@@ -138,10 +174,18 @@ class ShardTable:
     def on_message(self, shard: Shard, message: ipc.Message, now: float) -> None:
         if isinstance(message, ipc.Heartbeat):
             was_live = shard.ever_live
+            before = shard.beat.state if shard.beat is not None else None
             shard.on_beat(message, now)
             self.permits.report(shard.remainder, message.state)
+            if message.state in _AUTHORIZED and before not in _AUTHORIZED:
+                self.budget.authorized()
+            self.budget.progressed(shard.remainder, live=message.state is ShardState.LIVE)
             if shard.ever_live and not was_live:
                 self.log.info("shard_live", shard=shard.remainder, entities=message.entities)
+        elif isinstance(message, ipc.Rejected):
+            self.on_rejected(shard, message, now)
+        elif isinstance(message, ipc.Throttled):
+            self.on_throttled(message.reason, message.endpoint, message.text, now, shard=shard.remainder)
         elif isinstance(message, ipc.NeedPermit):
             self.permits.request(shard.remainder, now)
         elif isinstance(message, ipc.NeedToken):
@@ -152,6 +196,46 @@ class ShardTable:
                 self.log.warning("token_rejected_by_server", shard=shard.remainder)
         elif isinstance(message, ipc.Hello) and (message.pid != shard.pid or message.remainder != shard.remainder):
             self.log.error("worker_hello_mismatch", shard=shard.remainder, hello=repr(message))
+
+    def on_rejected(self, shard: Shard, message: ipc.Rejected, now: float) -> None:
+        """The server refused a request of this shard: count it; park the shard or log in again when due."""
+        text = clip(message.text, MAX_TEXT)
+        shard.last_error = clip(f"{message.endpoint} refused with {message.status}: {text}", MAX_TEXT)
+        decisions = self.budget.rejected(shard.remainder, message.endpoint, message.status, text, now)
+        self.log.warning("shard_refused", shard=shard.remainder, endpoint=message.endpoint, status=message.status,
+                         text=text, rejections=self.budget.shard(shard.remainder).rejections)
+        for decision in decisions:
+            if isinstance(decision, api.Park):
+                self.log.error("shard_parked", shard=decision.remainder, reason=decision.reason,
+                               retry_in=round(decision.until - now, 1), endpoint=message.endpoint,
+                               status=message.status)
+            elif isinstance(decision, api.Relogin):
+                planned = self.login.keeper.evicted(decision.why, self.wall())
+                self.log.warning("session_evicted", why=decision.why, login_planned=planned)
+                self.session_evicted()
+
+    def on_throttled(self, reason: str, endpoint: str, text: str, now: float, *, shard: int | None = None) -> None:
+        """The server said slow down for the whole API user: no new handshake of any shard for a while."""
+        text = clip(text, MAX_TEXT)
+        until = self.budget.throttled(reason, endpoint, text, now)
+        self.log.error("connections_paused", reason=reason, endpoint=endpoint, text=text, shard=shard,
+                       resume_in=round(until - now, 1))
+
+    def login_waited(self, wait: Wait) -> None:
+        """The token keeper was told to wait: a REST lock-out (423/429) also holds back every handshake; an
+        eviction explains the quota shutdowns its sockets got."""
+        if wait.kind == "locked":
+            self.on_throttled("rest429", "auth", wait.why, self.clock())
+        elif wait.kind == "evicted":
+            self.session_evicted()
+
+    def session_evicted(self) -> None:
+        if self.budget.evicted():
+            self.log.info("connections_resumed", why="the quota shutdowns came from our own evicted session")
+
+    def hold(self, now: float) -> Callable[[int], float | None]:
+        """The permit gate's hold: until when the budget keeps a shard from connecting."""
+        return lambda remainder: self.budget.hold_until(remainder, now)
 
     def exited(self, pid: int, status: int) -> bool:
         """``pid`` was reaped: handle it if it was a worker (and say so)."""
@@ -183,6 +267,7 @@ class ShardTable:
         if then is Then.REMOVE:
             del self.shards[shard.remainder]
             self.policy.forget(shard.remainder)
+            self.budget.forget(shard.remainder)
             self.policy.set_shards(self.shards)
             return
         if then is Then.RESTART:
@@ -205,6 +290,7 @@ class ShardTable:
         elif isinstance(decision, Park):
             shard.phase = ShardState.PARKED
             shard.parked = True
+            shard.parked_reason = decision.reason
             shard.next_start_at = decision.until
             self.log.error("shard_parked", shard=shard.remainder, reason=decision.reason,
                            retry_in=round(decision.until - now, 1))
@@ -226,12 +312,17 @@ class ShardTable:
             shard.kill_at = verdict.kill_at
 
     def grant_permits(self, now: float) -> None:
-        for remainder in self.permits.grant(now):
+        for remainder in self.permits.grant(now, self.hold(now)):
+            self.budget.granted(remainder, now)
             holder = self.shards.get(remainder)
             if holder is not None and holder.running:
                 holder.tell(ipc.Permit())
 
+    def next_permit_at(self, now: float) -> float | None:
+        return self.permits.next_at(now, self.hold(now))
+
     def hand_out_token(self, token: str, expires_at: float) -> None:
+        self.budget.token_changed()
         for shard in self.shards.values():
             if shard.running:
                 shard.tell(ipc.Token(token, expires_at))
@@ -256,6 +347,7 @@ class ShardTable:
             if shard is not None:
                 del self.shards[step.remainder]
                 self.policy.forget(step.remainder)
+                self.budget.forget(step.remainder)
             return
         if shard is None:
             shard = self.add(step.remainder, step.row.options)

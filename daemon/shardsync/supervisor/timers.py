@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from shardsync.supervisor.login import Login
     from shardsync.supervisor.notify import Notifier
     from shardsync.supervisor.readiness import Ready
+    from shardsync.supervisor.retirer import Retirer
     from shardsync.supervisor.shard import Shard
     from shardsync.supervisor.table import ShardTable
 
@@ -37,7 +38,10 @@ class Loop(Protocol):
     started: float
     table: ShardTable
     login: Login
-    status_server: StatusServer | None
+    retirer: Retirer
+
+    @property
+    def status_server(self) -> StatusServer | None: ...
 
     @property
     def shards(self) -> dict[int, Shard]: ...
@@ -51,6 +55,7 @@ __all__ = [
     "PermitGrants",
     "Readiness",
     "RestartsDue",
+    "RetireDue",
     "StatusExpiry",
     "Timer",
     "TimerList",
@@ -154,7 +159,7 @@ class PermitGrants:
         self.arbiter = arbiter
 
     def next_at(self, now: float) -> float | None:
-        return None if self.arbiter.stopping else self.arbiter.table.permits.next_at(now)
+        return None if self.arbiter.stopping else self.arbiter.table.next_permit_at(now)
 
     def run_due(self, now: float) -> None:
         self.arbiter.table.grant_permits(now)
@@ -241,3 +246,26 @@ class StatusExpiry:
         if self.arbiter.status_server is not None:
             self.arbiter.status_server.expire(now)
 
+
+
+class RetireDue:
+    """Retire stale shards once every current shard is live; kill a retire helper past its deadline."""
+
+    def __init__(self, arbiter: Loop) -> None:
+        self.arbiter = arbiter
+
+    def next_at(self, now: float) -> float | None:
+        arb = self.arbiter
+        call = arb.retirer.call
+        if call is not None:
+            return call.deadline
+        if arb.stopping or not arb.retirer.pending or not arb.table.all_live_now():
+            return None
+        return now
+
+    def run_due(self, now: float) -> None:
+        arb = self.arbiter
+        if arb.retirer.call is not None:
+            arb.retirer.kill_slow()
+        else:
+            arb.retirer.start(arb.settings, now)

@@ -1,11 +1,9 @@
 """The parent's token keeper: which REST call to make and when (pure: no I/O, no clock).
 
-The supervisor loop asks :meth:`TokenKeeper.due` for the call to start now,
-runs it in a forked child (:func:`shardsync.auth.request_token` or
-:func:`shardsync.auth.renew_token`), and feeds the outcome back to
-:meth:`TokenKeeper.finished`, which answers with an :data:`Event` for the loop
-to act on (hand the token to the workers, log, exit). ``now`` is always
-passed in (epoch seconds, the same clock as ``expirationTime``).
+The loop asks :meth:`TokenKeeper.due` for the call to start now, runs it in a
+forked child (``auth.request_token`` or ``auth.renew_token``), and feeds the
+outcome to :meth:`TokenKeeper.finished`, whose :data:`Event` it acts on (hand
+the token out, log, exit).  ``now`` is epoch seconds, like ``expirationTime``.
 
 Rules:
 
@@ -19,6 +17,16 @@ Rules:
   ``lockout_backoff``;
 * errorText before any login ever succeeded is :class:`Fatal` (wrong
   credentials: exit, do not loop); later it waits ``lockout_backoff``;
+* at most 2 failed logins in any rolling hour (``logincap.py`` says which
+  count): with the cap reached no login starts until the oldest counted
+  failure is an hour old (state ``capped``);
+* every token is checked before anyone sees it (``tokencheck.py``): empty,
+  over 8 KiB, anything but visible ASCII, or an ``expirationTime`` already
+  past is a failed login or renewal, never a :class:`TokenChanged`;
+* eviction: :data:`EVICTION_RENEWAL_ERRORS` renewals in a row answered 408 or
+  5xx mean the session was evicted (a newer login elsewhere): log in again;
+  so does :meth:`TokenKeeper.evicted` (workers' authorize refusals, decided
+  in ``budget.py``); both inside the failed-login cap;
 * a worker's 401 (:meth:`TokenKeeper.on_rejected`) on an older token is
   answered with the current one (:class:`Resend`); on the current token it
   triggers one renewal now, however many workers ask (:class:`Rejected`).
@@ -34,19 +42,13 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from shardsync import backoff
-from shardsync.auth import (
-    Captcha,
-    Failed,
-    Grant,
-    Locked,
-    Outcome,
-    Refused,
-    Ticket,
-    Unauthorized,
-)
+from shardsync.auth import Captcha, Failed, Grant, Locked, Outcome, Refused, Ticket, Unauthorized
 from shardsync.secrets import fingerprint, masked_repr
+from shardsync.supervisor.logincap import CAPPED, LoginCap, counts_as_failed_login
+from shardsync.supervisor.tokencheck import token_problem
 
 __all__ = [
+    "EVICTION_RENEWAL_ERRORS",
     "Action",
     "Answer",
     "DoLogin",
@@ -63,6 +65,13 @@ __all__ = [
 
 #: "long ago": the first login is due at once
 _AT_ONCE: Final = 0.0
+#: Renewals in a row answered 408 or 5xx that mean "evicted": log in again.
+EVICTION_RENEWAL_ERRORS: Final = 3
+
+
+def _evicting(status: int | None) -> bool:
+    """A renewal answer that an evicted session gets (408, 502 and other 5xx)."""
+    return status is not None and (status == 408 or status >= 500)
 
 
 # --- actions: what the loop should call ---------------------------------------------------
@@ -108,10 +117,15 @@ class Fatal:
 
 @dataclass(frozen=True, slots=True)
 class Wait:
-    """No call before ``until``; ``why`` is for the log (loud for captcha and lock-outs)."""
+    """No call before ``until``; ``why`` is for the log (loud for captcha and lock-outs).
+
+    ``kind`` is the keeper's state it leads to: ``penalty``, ``captcha``,
+    ``locked``, ``failed``, ``capped`` or ``evicted``.
+    """
 
     until: float
     why: str
+    kind: str = "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,9 +185,11 @@ class TokenKeeper:
         self._failures = 0  # consecutive transient failures, for the backoff
         self._ever_granted = False
         self._urgent = False  # a worker's 401 already triggered a renewal of this token
-        self._state = "logging_in"  # what we are waiting for: ok|penalty|captcha|locked|failed|fatal
+        self._state = "logging_in"  # what we wait for: ok|penalty|captcha|locked|failed|capped|evicted|fatal
         self._last_error: str | None = None
         self._margin = renew_before
+        self._cap = LoginCap()
+        self._renewal_errors = 0  # renewals in a row answered 408/5xx
 
     # -- queries -----------------------------------------------------------------------------
     @property
@@ -192,20 +208,35 @@ class TokenKeeper:
 
     def due(self, now: float) -> Action | None:
         """The call to start now, if any (None while one is in flight or before its time)."""
-        at = self.next_at()
+        at = self.next_at(now)
         if self._plan is None or at is None or now < at:
             return None
         if isinstance(self._plan, DoRenew) and not self.valid(now):
-            return DoLogin()  # too late to renew
+            return DoLogin()  # too late to renew (next_at held it back while the login cap was reached)
         return self._plan
 
-    def next_at(self) -> float | None:
-        """When :meth:`due` will next return something (None: only after ``finished``, or never)."""
+    def next_at(self, now: float | None = None) -> float | None:
+        """When :meth:`due` will next return something (None: only after ``finished``, or never).
+
+        A planned renewal turns into a login once the token has expired (at
+        ``now``, or at the renewal's own time), and a login waits for the cap.
+        """
         if self._in_flight is not None or self._plan is None:
             return None
         if isinstance(self._plan, DoRenew) and self.expires_at is not None:
-            return min(self._plan_at, self.expires_at)
+            at = min(self._plan_at, self.expires_at)
+            if at >= self.expires_at or (now is not None and now >= self.expires_at):
+                at = max(at, self.login_allowed_at())
+            return at
         return self._plan_at
+
+    def login_allowed_at(self) -> float:
+        """The earliest wall time a login may start under the failed-login cap."""
+        return self._cap.allowed_at()
+
+    def recent_login_failures(self, now: float) -> int:
+        """Counted login failures within the last LOGIN_WINDOW seconds (for /status and metrics)."""
+        return self._cap.recent(now)
 
     def status(self, now: float) -> dict[str, Any]:
         """For /status: state, seconds until expiry and until the next attempt. Never the token."""
@@ -217,12 +248,13 @@ class TokenKeeper:
             state = "failed"
         else:
             state = self._state
-        next_at = self.next_at()
+        next_at = self.next_at(now)
         return {
             "state": state,
             "expires_in": None if self.expires_at is None else round(self.expires_at - now, 3),
             "next_attempt_in": None if next_at is None else round(max(0.0, next_at - now), 3),
             "last_error": self._last_error,
+            "failed_logins_last_hour": self.recent_login_failures(now),
         }
 
     # -- the loop's reports ----------------------------------------------------------------------
@@ -235,43 +267,46 @@ class TokenKeeper:
         """``action`` ended with ``outcome``: schedule the next call and tell the loop what to do."""
         self._in_flight = None
         login = isinstance(action, DoLogin)
+        if login and counts_as_failed_login(outcome):
+            self._cap.record(now)
+        if not isinstance(outcome, Failed):
+            self._renewal_errors = 0
         match outcome:
             case Grant(token, expires_at, _):
-                return self._granted(token, expires_at, now)
+                return self._granted(action, token, expires_at, now)
             case Ticket(ticket, wait):
                 until = now + max(0.0, wait)
                 # a login penalty is resolved by resending with the ticket; a renewal just waits
-                self._schedule(DoLogin(ticket) if login else action, until, "penalty")
-                return Wait(until, f"time penalty (p-ticket) on {'login' if login else 'renewal'}: "
-                                      f"retry in {wait:g} s")
+                return self._schedule(
+                    DoLogin(ticket) if login else action, until, "penalty", None,
+                    f"time penalty (p-ticket) on {'login' if login else 'renewal'}: retry in {wait:g} s")
             case Captcha():
-                until = now + self.captcha_backoff
-                self._schedule(DoLogin(), until, "captcha", "p-captcha")
-                return Wait(until, f"Tradovate asks for a captcha (p-captcha), which a daemon cannot solve; "
-                                      f"no login attempt for {self.captcha_backoff:g} s")
+                return self._schedule(
+                    DoLogin(), now + self.captcha_backoff, "captcha", "p-captcha",
+                    f"Tradovate asks for a captcha (p-captcha), which a daemon cannot solve; "
+                    f"no login attempt for {self.captcha_backoff:g} s")
             case Locked(status):
                 until = now + self.lockout_backoff
                 retry: Action = action if not login and self.valid(until) else DoLogin()
-                self._schedule(retry, until, "locked", f"HTTP {status}")
-                return Wait(until, f"rate-limited by Tradovate (HTTP {status}); "
-                                      f"no request for {self.lockout_backoff:g} s")
+                return self._schedule(
+                    retry, until, "locked", f"HTTP {status}",
+                    f"rate-limited by Tradovate (HTTP {status}); no request for {self.lockout_backoff:g} s")
             case Refused(text) if login:
                 if not self._ever_granted:
                     self._plan = None
                     self._state, self._last_error = "fatal", f"login refused: {text}"
                     return Fatal(f"login refused: {text}")
-                until = now + self.lockout_backoff
-                self._schedule(DoLogin(), until, "failed", f"login refused: {text}")
-                return Wait(until, f"login refused: {text}; credentials changed? "
-                                      f"no attempt for {self.lockout_backoff:g} s")
+                return self._schedule(
+                    DoLogin(), now + self.lockout_backoff, "failed", f"login refused: {text}",
+                    f"login refused: {text}; credentials changed? no attempt for {self.lockout_backoff:g} s")
             case Unauthorized() | Refused() if not login:
                 self.token = self.expires_at = None
-                self._schedule(DoLogin(), now, "logging_in", "token expired or revoked")
-                return Nothing()
-            case Failed(reason):
-                return self._failed(action, reason, now)
+                relogin = self._schedule(DoLogin(), now, "logging_in", "token expired or revoked")
+                return relogin if relogin.kind == "capped" else Nothing()
+            case Failed(reason, status):
+                return self._failed(action, reason, status, now)
             case _:
-                return self._failed(action, f"unexpected outcome {type(outcome).__name__}", now)
+                return self._failed(action, f"unexpected outcome {type(outcome).__name__}", None, now)
 
     def on_rejected(self, rejected_fingerprint: str, now: float) -> Answer:
         """A worker's authorize got 401 with the token of this fingerprint: what the loop tells it."""
@@ -289,38 +324,74 @@ class TokenKeeper:
         self._urgent = True
         self._plan, self._plan_at = DoRenew(self.token), now
 
+    def evicted(self, why: str, now: float) -> bool:
+        """Workers' authorize refusals say the session is gone: log in again now (inside the cap).
+
+        False when that changes nothing: a call is running, Tradovate told us
+        to wait, or a login is already planned.
+        """
+        if self._in_flight is not None or self._state in ("penalty", "captcha", "locked", "fatal", "capped"):
+            return False
+        if isinstance(self._plan, DoLogin):
+            return False
+        self._schedule(DoLogin(), now, "evicted", why)
+        return True
+
     # -- internals ---------------------------------------------------------------------------------
-    def _schedule(self, action: Action, at: float, state: str, error: str | None = None) -> None:
-        self._plan, self._plan_at, self._state = action, at, state
+    def _schedule(
+        self, action: Action, at: float, state: str, error: str | None = None, why: str | None = None
+    ) -> Wait:
+        """Plan ``action`` at ``at`` (later when it is a login held back by the cap); the Wait that says so."""
         if error is not None:
             self._last_error = error
+        allowed = self.login_allowed_at()
+        if isinstance(action, DoLogin) and allowed > at:
+            at, state = allowed, "capped"
+            if CAPPED not in (self._last_error or ""):
+                self._last_error = f"{self._last_error}; {CAPPED}" if self._last_error else CAPPED
+            why = f"{why}; {CAPPED}" if why else CAPPED
+        self._plan, self._plan_at, self._state = action, at, state
+        return Wait(at, why or state, state)
 
-    def _granted(self, token: str, expires_at: float, now: float) -> Event:
+    def _granted(self, action: Action, token: str, expires_at: float, now: float) -> Event:
+        problem = token_problem(token)
+        if problem is None and expires_at <= now:
+            problem = "the token's expirationTime is already past (clock skew?)"
+        if problem is not None:
+            # Counted above only for a login; never handed to anyone either way.
+            if isinstance(action, DoLogin):
+                self._cap.record(now)
+            return self._failed(action, f"unusable answer: {problem}", 200, now)
         self.token, self.expires_at = token, expires_at
         self._ever_granted = True
         self._urgent = False
-        lifetime = expires_at - now
-        if lifetime <= 0:
-            # expired on arrival: our clock is ahead of Tradovate's; do not log in in a tight loop
-            self._failures += 1
-            until = now + self._retry.delay(self._failures)
-            self._schedule(DoLogin(), until, "failed", "token expired on arrival (clock skew?)")
-            return TokenChanged(token, expires_at)
         self._failures = 0
+        self._renewal_errors = 0
         self._last_error = None
+        lifetime = expires_at - now
         self._margin = min(self.renew_before, lifetime / 2)
         self._schedule(DoRenew(token), expires_at - self._margin, "ok")
         return TokenChanged(token, expires_at)
 
-    def _failed(self, action: Action, reason: str, now: float) -> Event:
+    def _failed(self, action: Action, reason: str, status: int | None, now: float) -> Event:
         self._failures += 1
         until = now + self._retry.delay(self._failures)
         if isinstance(action, DoRenew) and self.valid(now):
-            what = "renewal"
+            if _evicting(status):
+                self._renewal_errors += 1
+                if self._renewal_errors >= EVICTION_RENEWAL_ERRORS:
+                    self._renewal_errors = 0
+                    return self._schedule(
+                        DoLogin(), now, "evicted",
+                        f"renewal answered HTTP {status} {EVICTION_RENEWAL_ERRORS} times in a row",
+                        f"renewal answered HTTP {status} {EVICTION_RENEWAL_ERRORS} times in a row: the session "
+                        f"was probably evicted by a newer login; logging in again")
+            elif status is not None:
+                self._renewal_errors = 0  # another answer breaks the run; no answer at all says nothing
             # the retry never waits past expiry: then it is a login (see due())
-            self._schedule(action, until, "failed", f"renewal failed: {reason}")
-        else:
-            what = "login"
-            retry = action if isinstance(action, DoLogin) else DoLogin()
-            self._schedule(retry, until, "failed", f"login failed: {reason}")
-        return Wait(until, f"token {what} failed ({reason}); retry in {until - now:.1f} s")
+            return self._schedule(action, until, "failed", f"renewal failed: {reason}",
+                                  f"token renewal failed ({reason}); retry in {until - now:.1f} s")
+        retry = action if isinstance(action, DoLogin) else DoLogin()
+        return self._schedule(retry, until, "failed", f"login failed: {reason}",
+                              f"token login failed ({reason}); retry in {until - now:.1f} s")
+

@@ -1,0 +1,186 @@
+"""Retiring stale shards in a short-lived forked helper, so the parent's loop never waits on a disk or a database.
+
+``retire.py`` decides which shards and when; this module runs their
+``sinks.retire`` calls in a child (like the login helper), reads the results
+from its pipe in the loop's selector, logs them and reaps the child without
+blocking.  A helper still running after :data:`RETIRE_DEADLINE` is killed;
+its jobs are retried at the next start or reload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+from collections.abc import Callable, Iterable
+from typing import Any, Final, NoReturn
+
+import orjson
+
+from shardsync.clip import clip
+from shardsync.config import Settings
+from shardsync.logs import get_logger
+from shardsync.prctl import set_pdeathsig
+from shardsync.supervisor.retire import RetireJob, still_stale
+
+__all__ = ["RETIRE_DEADLINE", "RetireCall", "Retirer", "retire_all"]
+
+RETIRE_DEADLINE: Final = 60.0
+
+
+def retire_all(jobs: Iterable[RetireJob]) -> list[dict[str, Any]]:
+    """Run every job; one result each: the shard, and ``error`` when it could not be retired."""
+    from shardsync import sinks
+
+    results: list[dict[str, Any]] = []
+    for job in jobs:
+        result: dict[str, Any] = {"kind": job.kind, "remainder": job.remainder, "divisor": job.divisor}
+        try:
+            sinks.retire(job.kind, path=job.path, dsn=job.dsn, remainder=job.remainder, divisor=job.divisor)
+        except Exception as exc:
+            result["error"] = clip(f"{type(exc).__name__}: {exc}")
+        results.append(result)
+    return results
+
+
+class RetireCall:
+    """A helper running some jobs; the parent reads their results from ``fd``."""
+
+    def __init__(self, jobs: list[RetireJob], pid: int, fd: int, deadline: float,
+                 *, kill: Callable[[int, int], None] = os.kill) -> None:
+        self.jobs = jobs
+        self.pid = pid
+        self.fd = fd
+        self.deadline = deadline
+        self._data = bytearray()
+        self._kill = kill
+
+    @classmethod
+    def start(cls, jobs: list[RetireJob], now: float) -> RetireCall:
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            _child(jobs, write_fd)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        return cls(jobs, pid, read_fd, now + RETIRE_DEADLINE)
+
+    def read(self) -> list[dict[str, Any]] | None:
+        """Drain the pipe; the results once the helper closed it (an empty list if it died first), else None."""
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return None
+            if not chunk:
+                break
+            self._data += chunk
+        try:
+            results = orjson.loads(bytes(self._data))
+        except orjson.JSONDecodeError:
+            return []
+        return results if isinstance(results, list) else []
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._kill(self.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def _child(jobs: list[RetireJob], fd: int) -> NoReturn:
+    code = 0
+    try:
+        from shardsync.worker.boot import close_inherited
+
+        set_pdeathsig(signal.SIGKILL)
+        close_inherited({fd})
+        for sig in (signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        view = memoryview(orjson.dumps(retire_all(jobs)))
+        while view:
+            view = view[os.write(fd, view):]
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)
+
+
+class Retirer:
+    """Pending retire jobs and the one helper carrying them out."""
+
+    def __init__(self, selector: selectors.BaseSelector,
+                 start: Callable[[list[RetireJob], float], RetireCall]) -> None:
+        self.selector = selector
+        self._start = start
+        self.pending: set[RetireJob] = set()
+        self.call: RetireCall | None = None
+        self._exiting: set[int] = set()
+        self.log = get_logger("shardsync.supervisor")
+
+    @property
+    def alive(self) -> bool:
+        return self.call is not None or bool(self._exiting)
+
+    def add(self, jobs: Iterable[RetireJob]) -> None:
+        self.pending.update(jobs)
+
+    def start(self, settings: Settings, now: float) -> None:
+        """Retire what is still stale under ``settings`` (the shards the config took back are dropped)."""
+        jobs = still_stale(self.pending, settings)
+        self.pending.clear()
+        if not jobs or self.call is not None:
+            self.pending.update(jobs)
+            return
+        self.log.info("retiring", shards=[f"{j.remainder}/{j.divisor}" for j in jobs], kind=jobs[0].kind)
+        self.call = self._start(jobs, now)
+        self.selector.register(self.call.fd, selectors.EVENT_READ, self.on_readable)
+
+    def on_readable(self, mask: int) -> None:
+        call = self.call
+        if call is None:
+            return
+        results = call.read()
+        if results is None:
+            return
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(call.fd)
+        call.close()
+        self._exiting.add(call.pid)
+        self.call = None
+        for result in results:
+            if not isinstance(result, dict):
+                continue
+            if "error" in result:
+                self.log.warning("retire_failed", shard=result.get("remainder"), divisor=result.get("divisor"),
+                                 kind=result.get("kind"), error=clip(str(result["error"])))
+            else:
+                self.log.info("shard_retired", shard=result.get("remainder"), divisor=result.get("divisor"),
+                              kind=result.get("kind"))
+        if len(results) < len(call.jobs):
+            self.log.warning("retire_incomplete", done=len(results), jobs=len(call.jobs))
+
+    def kill_slow(self) -> None:
+        if self.call is not None:
+            self.log.error("retire_helper_timeout", jobs=len(self.call.jobs))
+            self.call.kill()
+            self.call.deadline = float("inf")  # its EOF comes with the death
+
+    def reaped(self, pid: int) -> bool:
+        if self.call is not None and self.call.pid == pid:
+            self.on_readable(selectors.EVENT_READ)
+            self._exiting.discard(pid)
+            return True
+        if pid in self._exiting:
+            self._exiting.discard(pid)
+            return True
+        return False
+
+    def kill(self) -> None:
+        if self.call is not None:
+            self.call.kill()
