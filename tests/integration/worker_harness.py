@@ -41,6 +41,9 @@ class WorkerRun:
             "backoff_initial": 0.05,
             "backoff_max": 0.2,
             "snapshot_quiet": 0.3,
+            # Short like the quiet period: a split request answered in one part without an end
+            # marker (the simulator's default) completes by the quiet rule, so its deletions wait this.
+            "deletion_grace": 1.0,
             "heartbeat_interval": 0.2,
         }
         values.update(overrides)
