@@ -70,6 +70,18 @@ def test_the_reconcile_batch_writes_live_with_snapshot_at_its_commit_time(rig: R
     assert rig.row() == Freshness(0, 1, "modAccountId", SinkState.LIVE, T0, "2024-05-01T11:59:59.000Z", T0, "s1")
 
 
+def test_a_snapshot_that_changed_nothing_still_moves_snapshot_at(rig: Rig) -> None:
+    """An empty reconcile batch writes the row alone with the new snapshot_at (last_commit_at stays)."""
+    rig.status.new_session()
+    rig.batch.reconcile({("order", 1): {"id": 1}}, received_at=T0)
+    rig.batch.commit(state=SinkState.LIVE, snapshot=True)
+    rig.wall.now = E + 30
+    assert rig.batch.reconcile({("order", 1): {"id": 1}}, received_at=T0) == 0
+    rig.batch.commit(state=SinkState.LIVE, snapshot=True)
+    row = rig.row()
+    assert row is not None and row.snapshot_at == "2024-05-01T12:00:30.000Z" and row.last_commit_at == T0
+
+
 def test_every_batch_carries_the_row_and_keeps_snapshot_at(rig: Rig) -> None:
     """A live batch moves last_commit_at and last_event_at; snapshot_at stays the snapshot's."""
     rig.status.new_session()

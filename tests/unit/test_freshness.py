@@ -54,7 +54,7 @@ def test_a_snapshot_commit_sets_snapshot_at_and_later_commits_keep_it() -> None:
     """snapshot_at is the reconcile batch's commit; last_commit_at moves with every batch; times are ISO UTC."""
     status = StatusRow(0, 1, "modAccountId", session_id=lambda: "s1")
     status.new_session()
-    row = status.row(SinkState.LIVE, event_at=E + 0.5, commit_at=E + 1, snapshot=True)
+    row = status.row(SinkState.LIVE, event_at=E + 0.5, commit_at=E + 1, snapshot_at=E + 1)
     assert (row.snapshot_at, row.last_event_at, row.last_commit_at, row.session) == (
         "2024-05-01T12:00:01.000Z", "2024-05-01T12:00:00.500Z", "2024-05-01T12:00:01.000Z", "s1")
     status.wrote(row, 10.0, E + 0.5)
@@ -65,7 +65,7 @@ def test_a_snapshot_commit_sets_snapshot_at_and_later_commits_keep_it() -> None:
 def test_nothing_is_remembered_from_a_row_never_written() -> None:
     """A row built for a write that failed leaves the carried times where they were."""
     status = StatusRow(0, 1, "modAccountId")
-    status.row(SinkState.LIVE, event_at=E, commit_at=E, snapshot=True)
+    status.row(SinkState.LIVE, event_at=E, commit_at=E, snapshot_at=E)
     assert status.row(SinkState.LIVE, event_at=None) == Freshness(0, 1, "modAccountId", SinkState.LIVE, None, None,
                                                                  None, "")
     assert status.written is None

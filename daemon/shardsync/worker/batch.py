@@ -159,11 +159,14 @@ class Batch:
         the batch that reconciled a snapshot (its commit is ``snapshot_at``).
         """
         if not self._pending:
+            if snapshot:
+                # A snapshot that changed nothing is still the newest snapshot: the row says so.
+                self.mark(state, snapshot=True)
             return
         batch, self._pending = self._pending, []
         started = self._clock()
         at = self._wall()
-        row = self._row(state, at, snapshot)
+        row = self._row(state, at, at if snapshot else None)
         try:
             self.sink.write(batch, row)
         except SinkError:
@@ -177,9 +180,9 @@ class Batch:
             self.status.wrote(row, ended, self._vitals.last_event_at)
         self._vitals.committed(ended - started, at)
 
-    def mark(self, state: SinkState | None = None) -> None:
+    def mark(self, state: SinkState | None = None, *, snapshot: bool = False) -> None:
         """Write the freshness row alone (no batch): on state changes, and while live and quiet; raises SinkError."""
-        row = self._row(state, None, False)
+        row = self._row(state, None, self._wall() if snapshot else None)
         if row is None:
             return
         self.sink.mark(row)
@@ -209,8 +212,8 @@ class Batch:
         """Remove one small batch of change-log rows older than ``retention`` seconds; returns how many went."""
         return self.sink.prune(retention, now=self._wall())
 
-    def _row(self, state: SinkState | None, commit_at: float | None, snapshot: bool) -> Freshness | None:
+    def _row(self, state: SinkState | None, commit_at: float | None, snapshot_at: float | None) -> Freshness | None:
         if self.status is None:
             return None
         return self.status.row(state if state is not None else self.sink_state(), event_at=self._vitals.last_event_at,
-                               commit_at=commit_at, snapshot=snapshot)
+                               commit_at=commit_at, snapshot_at=snapshot_at)

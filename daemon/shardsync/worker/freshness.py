@@ -79,21 +79,23 @@ class StatusRow:
         *,
         event_at: float | None,
         commit_at: float | None = None,
-        snapshot: bool = False,
+        snapshot_at: float | None = None,
     ) -> Freshness:
-        """The row to write now: ``event_at`` is the last frame's wall clock, ``commit_at`` this batch's (if one).
+        """The row to write now: ``event_at`` is the last frame's wall clock, ``commit_at`` this batch's (if one),
+        ``snapshot_at`` given when this write completes a snapshot (its batch's commit, or the row alone when
+        the snapshot changed nothing).
 
         Nothing is remembered until :meth:`wrote` (a failed write must not move the times on).
         """
         last_event_at = self.last_event_at
         if event_at is not None and event_at != self._event_seconds:
             last_event_at = iso_utc(event_at)
-        last_commit_at, snapshot_at = self.last_commit_at, self.snapshot_at
-        if commit_at is not None:
-            last_commit_at = iso_utc(commit_at)
-            if snapshot:
-                snapshot_at = last_commit_at
-        return Freshness(self._remainder, self._divisor, self._expression, state, snapshot_at, last_event_at,
+        last_commit_at = self.last_commit_at if commit_at is None else iso_utc(commit_at)
+        if snapshot_at is None:
+            snapshot_iso = self.snapshot_at
+        else:
+            snapshot_iso = last_commit_at if snapshot_at == commit_at else iso_utc(snapshot_at)
+        return Freshness(self._remainder, self._divisor, self._expression, state, snapshot_iso, last_event_at,
                          last_commit_at, self.session)
 
     def stale(self, state: SinkState) -> bool:
