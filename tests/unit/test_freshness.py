@@ -81,3 +81,15 @@ def test_stale_when_the_state_or_the_session_changed_since_the_last_write() -> N
     assert not status.stale(SinkState.RESYNCING) and status.stale(SinkState.LIVE)
     status.new_session()
     assert status.stale(SinkState.RESYNCING)
+
+
+def test_the_fast_iso_clock_writes_what_iso_utc_writes() -> None:
+    """IsoClock gives the sinks' time text exactly, across seconds, milliseconds and rounding edges."""
+    from shardsync.sinks.base import iso_utc
+    from shardsync.worker.freshness import IsoClock
+
+    iso = IsoClock()
+    samples = [E, E + 0.5, E + 0.9994999, E + 0.9999996, E + 1.0005, E + 59.999, E + 86_399.9999999, 0.0, 1.25]
+    samples += [E + n * 0.0137 for n in range(2000)]
+    for seconds in samples:
+        assert iso(seconds) == iso_utc(seconds), seconds

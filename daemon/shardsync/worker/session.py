@@ -211,13 +211,12 @@ class Worker:
 
     def _due(self) -> float | None:
         """The session's next own deadline: an answer, a resend, the snapshot's, held deletions, the status row."""
-        due: tuple[float | None, ...]
-        if self._live:
+        if self._live:  # once per pass of the hot path: nothing is awaited any more, two deadlines at most
             assert self._reconciler is not None and self._upkeep is not None
-            due = (self.exchange.deadline(), self._reconciler.deadline(), self._upkeep.deadline())
-        else:
-            due = (self.exchange.deadline(), None if self._assembler is None else self._assembler.next_due())
-        return min((at for at in due if at is not None), default=None)
+            due, held = self._upkeep.deadline(), self._reconciler.deadline()
+            return held if held is not None and (due is None or held < due) else due
+        candidates = (self.exchange.deadline(), None if self._assembler is None else self._assembler.next_due())
+        return min((at for at in candidates if at is not None), default=None)
 
     def _byte_room(self) -> int:
         """How many more bytes the snapshot being assembled may take (a pass stops there)."""
