@@ -74,24 +74,10 @@ class Mirror:
       :attr:`unattributed`.
     """
 
-    __slots__ = (
-        "_committed",
-        "_committed_counts",
-        "_committed_size",
-        "_committed_synced",
-        "_counts",
-        "_pending",
-        "_size",
-        "_synced",
-        "unattributed",
-    )
+    __slots__ = ("_committed", "_committed_counts", "_committed_size", "_committed_synced", "_counts", "_pending",
+                 "_size", "_synced", "unattributed")
 
-    def __init__(
-        self,
-        entities: Iterable[tuple[str, int, Entity]] = (),
-        *,
-        synced: bool | None = None,
-    ) -> None:
+    def __init__(self, entities: Iterable[tuple[str, int, Entity]] = (), *, synced: bool | None = None) -> None:
         """Preload committed state from the sink.
 
         ``synced`` says whether the sink already went through a first
@@ -162,13 +148,12 @@ class Mirror:
 
     # -- diffing --------------------------------------------------------------
 
-    def diff_snapshot(
-        self,
-        snapshot: Mapping[Key, Entity],
-        *,
-        types: Collection[str] | None,
-        received_at: str,
-    ) -> list[Change]:
+    def vanished(self, snapshot: Mapping[Key, Entity], *, types: Collection[str] | None = None) -> list[Key]:
+        """The current keys :meth:`diff_snapshot` would delete for ``snapshot``, in ``(entity_type, id)`` order."""
+        return [key for key, _ in self._vanished(snapshot, self._scope(types))]
+
+    def diff_snapshot(self, snapshot: Mapping[Key, Entity], *, types: Collection[str] | None, received_at: str,
+                      deleting: Sequence[Key] | None = None) -> list[Change]:
         """Reconcile with a complete snapshot and return the changes it implies.
 
         The snapshot is the whole truth for the shard: any current key absent
@@ -178,44 +163,19 @@ class Mirror:
         types are deleted (left over from an older configuration). ``None``
         takes the snapshot as is. Keys are built from entities whose ids were
         checked, by the codec (``syncmessage.snapshot_entities``) or :func:`key_of`.
+        ``deleting`` narrows the deletions to those keys (sorted; the other
+        vanished keys stay, for the caller to delete later with :meth:`delete_keys`, or never).
         """
-        if isinstance(types, str):
-            # A bare string is a Collection[str] of characters: always a bug.
-            raise MirrorError(f"types must be a collection of names, not {types!r}")
-        scope = None if types is None else frozenset(types)
+        scope = self._scope(types)
         origin: Origin = "resync" if self._synced else "snapshot"
-        committed = self._committed
-        pending = self._pending
-
-        # Written out per case rather than through a helper: with up to 1M
-        # entities, per-key function calls dominate the cost.
-        if scope is None:
-            vanished = [(k, e) for k, e in committed.items() if k not in snapshot and k not in pending]
-            vanished += [(k, e) for k, e in pending.items() if e is not None and k not in snapshot]
+        if deleting is None:
+            vanished = self._vanished(snapshot, scope)
         else:
-            vanished = [
-                (k, e) for k, e in committed.items() if (k[0] not in scope or k not in snapshot) and k not in pending
-            ]
-            vanished += [
-                (k, e) for k, e in pending.items() if e is not None and (k[0] not in scope or k not in snapshot)
-            ]
-        vanished.sort(key=_first)
-        # Attributed before the removals: a fill and its order may vanish together.
-        account = self._attribute
-        changes = [Change(origin, k[0], "Deleted", k[1], e, received_at, account(k[0], e)) for k, e in vanished]
+            vanished = [(key, entity) for key in deleting
+                        if key not in snapshot and (entity := self.get(key)) is not None]
+        changes = self._delete(vanished, origin, received_at)
 
-        counts = self._counts
-        for key, _ in vanished:
-            if key in committed:
-                pending[key] = None
-            else:
-                del pending[key]
-            counts[key[0]] -= 1
-        for entity_type in {key[0] for key, _ in vanished}:
-            if not counts[entity_type]:
-                del counts[entity_type]
-        self._size -= len(vanished)
-
+        committed, pending, account = self._committed, self._pending, self._attribute
         orphans: list[Change] = []
         for key, entity in snapshot.items():
             if scope is not None and key[0] not in scope:
@@ -233,6 +193,49 @@ class Mirror:
         for change in orphans:
             change.account_id = account(change.entity_type, change.entity)
         self._synced = True
+        return changes
+
+    def delete_keys(self, keys: Sequence[Key], *, origin: Origin, received_at: str) -> list[Change]:
+        """Delete those of ``keys`` (sorted) that are current, as changes of ``origin``; absent keys are skipped."""
+        vanished = [(key, entity) for key in keys if (entity := self.get(key)) is not None]
+        return self._delete(vanished, origin, received_at)
+
+    def _scope(self, types: Collection[str] | None) -> frozenset[str] | None:
+        if isinstance(types, str):  # a Collection[str] of characters: always a bug
+            raise MirrorError(f"types must be a collection of names, not {types!r}")
+        return None if types is None else frozenset(types)
+
+    def _vanished(self, snapshot: Mapping[Key, Entity], scope: frozenset[str] | None) -> list[tuple[Key, Entity]]:
+        committed, pending = self._committed, self._pending
+        # Written out per case rather than through a helper: with up to 1M
+        # entities, per-key function calls dominate the cost.
+        if scope is None:
+            vanished = [(k, e) for k, e in committed.items() if k not in snapshot and k not in pending]
+            vanished += [(k, e) for k, e in pending.items() if e is not None and k not in snapshot]
+        else:
+            vanished = [(k, e) for k, e in committed.items()
+                        if (k[0] not in scope or k not in snapshot) and k not in pending]
+            vanished += [(k, e) for k, e in pending.items()
+                         if e is not None and (k[0] not in scope or k not in snapshot)]
+        vanished.sort(key=_first)
+        return vanished
+
+    def _delete(self, vanished: list[tuple[Key, Entity]], origin: Origin, received_at: str) -> list[Change]:
+        """Remove the current ``vanished`` entities; their Deleted changes, attributed before the removals."""
+        # Attributed first: a fill and its order may vanish together.
+        account = self._attribute
+        changes = [Change(origin, k[0], "Deleted", k[1], e, received_at, account(k[0], e)) for k, e in vanished]
+        committed, pending, counts = self._committed, self._pending, self._counts
+        for key, _ in vanished:
+            if key in committed:
+                pending[key] = None
+            else:
+                del pending[key]
+            counts[key[0]] -= 1
+        for entity_type in {key[0] for key, _ in vanished}:
+            if not counts[entity_type]:
+                del counts[entity_type]
+        self._size -= len(vanished)
         return changes
 
     def diff_event(

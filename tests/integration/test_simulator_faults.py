@@ -236,3 +236,49 @@ def test_stamp_events_puts_ts_on_live_props(sim_factory: Factory, stamp: bool) -
     else:
         assert all(set(x) == {"e", "d"} for x in got)
     assert all("ts" not in json.loads(r[1:])[0] for r in client.raw if r.startswith(b'a[{"s"'))
+
+
+def test_blank_snapshot_empties_the_next_snapshots_of_one_shard(sim_server: Simulator) -> None:
+    """blank_snapshot(2, remainder=1, divisor=2): the next two snapshots of shard 1 are empty collections, the
+    other shard's and later ones whole; the truth is untouched (admin API takes the same arguments)."""
+    truth = sim_server.truth(2, 1, entity_types=ALL_TYPES)
+    sim_server.blank_snapshot(1, remainder=1, divisor=2)
+    status, reply = http("POST", sim_server.admin_url + "/blank_snapshot", {"count": 2, "remainder": 1, "divisor": 2})
+    assert status == 200 and reply["ok"]
+    _, other = snapshot_of(sim_server, sync_body(2, 0))
+    assert other == sim_server.truth(2, 0, entity_types=ALL_TYPES)
+    for _ in range(2):
+        client, blank = snapshot_of(sim_server, sync_body(2, 1))
+        assert blank == {}
+        client.close()
+    client, whole = snapshot_of(sim_server, sync_body(2, 1))
+    assert whole == truth == sim_server.truth(2, 1, entity_types=ALL_TYPES)
+
+
+def test_a_blank_snapshot_still_streams_live_changes(sim_server: Simulator) -> None:
+    """The socket that got a blank snapshot is subscribed as usual: its shard's changes arrive as props."""
+    sim_server.blank_snapshot(1)  # remainder None: any socket's next snapshot, an unsharded one too
+    client, blank = snapshot_of(sim_server, sync_body())
+    assert blank == {}
+    changes = sim_server.mutate(count=3, remainder=0, divisor=1, deletions=0)
+    props = client.messages(lambda m: sum(x.get("e") == "props" for x in m) >= len(changes))
+    assert len([m for m in props if m.get("e") == "props"]) >= len(changes)
+
+
+def test_purge_deletes_every_entity_of_the_types_in_one_shard(sim_server: Simulator) -> None:
+    """purge(["order"], remainder=1, divisor=2) deletes shard 1's orders only, published as live Deleted props,
+    and the history closes their intervals."""
+    client, before = snapshot_of(sim_server, sync_body(2, 1))
+    orders = {key for key in before if key[0] == "order"}
+    others = {key for key in sim_server.truth(2, 0) if key[0] == "order"}
+    assert orders and others
+    deleted = sim_server.purge(["order"], remainder=1, divisor=2)
+    assert {(c.entity_type, c.entity["id"]) for c in deleted} == orders
+    assert all(c.event_type == "Deleted" for c in deleted)
+    truth = sim_server.truth(2, 1)
+    assert not any(key[0] == "order" for key in truth)
+    assert {key for key in sim_server.truth(2, 0) if key[0] == "order"} == others
+    got = client.messages(lambda m: sum(x.get("e") == "props" for x in m) >= len(orders))
+    assert {(m["d"]["entityType"], m["d"]["entity"]["id"]) for m in got if m.get("e") == "props"} == orders
+    history = sim_server.history()
+    assert all(history[key][-1][1] is not None for key in orders)

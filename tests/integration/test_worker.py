@@ -117,7 +117,9 @@ def test_sync_429_backs_off_long(sim_factory: SimFactory, tmp_path: Path) -> Non
 def test_stalled_socket_is_closed_after_idle_timeout(sim_factory: SimFactory, tmp_path: Path) -> None:
     """A socket that goes silent (no frame at all) is given up after idle_timeout and the shard resyncs."""
     sim = sim_factory(event_rate=20)
-    with WorkerRun(sim, tmp_path, idle_timeout=1.5) as worker:
+    # Once paused, the simulator is silent for 2.5 s (its "h"), so each session lasts 1.5 s: the
+    # provisional deletions of its (quiet-rule) snapshot must commit within that.
+    with WorkerRun(sim, tmp_path, idle_timeout=1.5, deletion_grace=0.2) as worker:
         worker.wait_live()
         sim.stall(remainder=0)
         beat = worker.wait_live(after_reconnects=1, timeout=15)

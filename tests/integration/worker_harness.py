@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,8 @@ from shardfile import read_sqlite
 from shardsync import ipc
 from shardsync.credentials import Credentials
 from shardsync.simulator import Simulator
-from shardsync.sinks import shard_file_name
+from shardsync.sinks import Freshness, shard_file_name
+from shardsync.sinks.base import STATUS_SELECT
 from shardsync.worker.options import WorkerOptions
 from shardsync.worker.session import run_in_process
 
@@ -41,6 +43,9 @@ class WorkerRun:
             "backoff_initial": 0.05,
             "backoff_max": 0.2,
             "snapshot_quiet": 0.3,
+            # Short like the quiet period: a split request answered in one part without an end
+            # marker (the simulator's default) completes by the quiet rule, so its deletions wait this.
+            "deletion_grace": 1.0,
             "heartbeat_interval": 0.2,
         }
         values.update(overrides)
@@ -117,6 +122,35 @@ class WorkerRun:
 
     def sink_entities(self) -> dict[tuple[str, int], dict[str, Any]]:
         return read_sqlite(self.db_path())
+
+    def log_rows(self) -> list[tuple[str, str, str, int | None, str]]:
+        """The change log as (origin, entity_type, event_type, id, received_at), in commit order."""
+        if not self.db_path().exists():
+            return []
+        conn = sqlite3.connect(f"file:{self.db_path()}?mode=ro", uri=True, timeout=5)
+        try:
+            query = "SELECT origin, entity_type, event_type, id, received_at FROM events ORDER BY seq"
+            return [tuple(row) for row in conn.execute(query).fetchall()]  # type: ignore[misc]
+        finally:
+            conn.close()
+
+    def status_row(self) -> Freshness | None:
+        """The shard file's freshness row (shard_status), if one was written."""
+        if not self.db_path().exists():
+            return None
+        conn = sqlite3.connect(f"file:{self.db_path()}?mode=ro", uri=True, timeout=5)
+        try:
+            row = conn.execute(STATUS_SELECT).fetchone()
+        except sqlite3.OperationalError:  # the table is not created yet
+            return None
+        finally:
+            conn.close()
+        return None if row is None else Freshness.from_row(row)
+
+    def sent(self, kind: type[Any]) -> list[Any]:
+        """Every message of ``kind`` the worker sent its parent so far."""
+        with self._lock:
+            return [m for m in self.messages if isinstance(m, kind)]
 
     def truth(self) -> dict[tuple[str, int], dict[str, Any]]:
         return self.sim.truth(self.options.divisor, self.remainder, self.options.expression,

@@ -141,19 +141,34 @@ def test_system_and_unusable_events_are_kept_as_system_records(tmp_path: Path) -
     assert len(batch.mirror) == 0 and vitals.events == 0
 
 
-def test_reconcile_commits_the_snapshot_then_the_buffered_events_with_their_times(tmp_path: Path) -> None:
-    """A snapshot's changes and then the events buffered meanwhile (each with its receive time) go in one commit."""
+def test_reconcile_diffs_the_snapshot_into_the_pending_batch_with_its_time(tmp_path: Path) -> None:
+    """A snapshot's changes join the pending batch stamped with the snapshot's time; commit writes them."""
     batch = make(tmp_path)
     snapshot = {("order", 1): {"id": 1, "v": 0}, ("order", 2): {"id": 2, "v": 0}}
-    buffered: list[tuple[PropsEvent | SystemEvent, str]] = [(order(2, v=1), T0), (SystemEvent("x", 1), T1)]
-    assert batch.reconcile(snapshot, buffered, received_at="2024-01-01T00:00:05.000Z") == 2
-    assert batch.mirror.pending == 0
+    assert batch.reconcile(snapshot, received_at="2024-01-01T00:00:05.000Z") == 2
+    assert batch.mirror.pending == 2 and lines(tmp_path) == []
+    batch.commit()
     assert [(r["origin"], r["entity"], r["receivedAt"]) for r in lines(tmp_path)] == [
         ("snapshot", {"id": 1, "v": 0}, "2024-01-01T00:00:05.000Z"),
         ("snapshot", {"id": 2, "v": 0}, "2024-01-01T00:00:05.000Z"),
-        ("live", {"id": 2, "v": 1}, T0),
-        ("system", 1, T1),
     ]
+
+
+def test_reconcile_deletes_only_what_it_is_told_and_delete_finishes_later(tmp_path: Path) -> None:
+    """With ``deleting`` narrowed, vanished keys outside it stay; Batch.delete removes them later as resync changes."""
+    batch = make(tmp_path)
+    for ident in (1, 2, 3):
+        batch.apply(order(ident), T0)
+    batch.commit()
+    assert batch.reconcile({("order", 1): {"id": 1}}, received_at=T1, deleting=[("order", 2)]) == 1
+    batch.commit()
+    assert sorted(k for k, _ in batch.mirror.items()) == [("order", 1), ("order", 3)]
+    assert batch.delete([("order", 2), ("order", 3)], origin="resync", received_at=T1) == 1
+    batch.commit()
+    # The first snapshot of this mirror deletes as "snapshot"; the later deletion carries the origin it is given.
+    assert [(r["origin"], r["eventType"], r["entity"]["id"]) for r in lines(tmp_path)[3:]] == [
+        ("snapshot", "Deleted", 2), ("resync", "Deleted", 3)]
+    assert sorted(k for k, _ in batch.mirror.items()) == [("order", 1)]
 
 
 def test_open_loads_the_mirror_from_the_sink_and_announces_the_load(tmp_path: Path) -> None:

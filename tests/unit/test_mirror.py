@@ -373,3 +373,30 @@ def test_entities_are_stored_without_copying() -> None:
     m = Mirror()
     [change] = m.diff_event("order", "Created", [e], received_at=T)
     assert m.get(("order", 1)) is e and change.entity is e
+
+
+def test_vanished_lists_what_a_snapshot_would_delete_sorted_and_deletes_nothing() -> None:
+    """vanished() names the current keys a snapshot lacks, pending ones included, and changes no state."""
+    m = Mirror([("order", 3, order(3)), ("order", 1, order(1)), ("position", 2, pos(2))])
+    m.diff_event("order", "Created", [order(9)], received_at=T)
+    assert m.vanished(snap(("order", order(1)))) == [("order", 3), ("order", 9), ("position", 2)]
+    assert len(m) == 4
+
+
+def test_diff_snapshot_with_deleting_deletes_only_those_keys() -> None:
+    """With ``deleting``, other vanished keys stay (no change); keys the snapshot has are never deleted."""
+    m = Mirror([("order", 1, order(1)), ("order", 2, order(2)), ("order", 3, order(3))])
+    changes = m.diff_snapshot(snap(("order", order(1, "Filled"))), types=None, received_at=T,
+                              deleting=[("order", 1), ("order", 2)])
+    assert summary(changes) == [("resync", "order", "Deleted", 2), ("resync", "order", "Updated", 1)]
+    assert sorted(state(m)) == [("order", 1), ("order", 3)]
+
+
+def test_delete_keys_deletes_the_current_ones_with_the_given_origin() -> None:
+    """delete_keys() emits Deleted (with the stored entity) for present keys only, under the origin it is given."""
+    m = Mirror([("order", 1, order(1)), ("order", 2, order(2))])
+    changes = m.delete_keys([("order", 1), ("order", 5)], origin="resync", received_at=T)
+    assert summary(changes) == [("resync", "order", "Deleted", 1)] and changes[0].entity == order(1)
+    assert sorted(state(m)) == [("order", 2)]
+    m.rollback()
+    assert sorted(state(m)) == [("order", 1), ("order", 2)]

@@ -77,6 +77,13 @@ def test_worker_options_take_every_configured_field_from_the_settings() -> None:
         "sink_dsn": ({"sink": {"kind": "postgres", "dsn": "postgresql://h/db"}}, "postgresql://h/db"),
         "batch_max": ({"sink": {"batch_max": 100}}, 100),
         "flush_interval": ({"sink": {"flush_interval": 0.01}}, 0.01),
+        "response_timeout": ({"tradovate": {"response_timeout": 5.0}}, 5.0),
+        "snapshot_timeout": ({"tradovate": {"snapshot_timeout": 60.0}}, 60.0),
+        "max_snapshot_bytes": ({"tradovate": {"max_snapshot_bytes": 1 << 24}}, 1 << 24),
+        "max_snapshot_entities": ({"tradovate": {"max_snapshot_entities": 1000}}, 1000),
+        "deletion_grace": ({"tradovate": {"deletion_grace": 2.5}}, 2.5),
+        "max_resync_delete_ratio": ({"tradovate": {"max_resync_delete_ratio": 0.9}}, 0.9),
+        "events_retention": ({"sink": {"events_retention": "1d"}}, 86400.0),
     }
     assert set(changes) | FIXED == {f.name for f in dataclasses.fields(WorkerOptions)}
     for name, (sections, value) in changes.items():

@@ -128,6 +128,17 @@ def test_a_pass_stops_at_the_room_left_in_the_batch(rig: Rig) -> None:
     assert (first_at, second_at) == ("t1", "t2")
 
 
+def test_message_bytes_are_counted_and_a_byte_room_ends_the_pass(rig: Rig) -> None:
+    """bytes_read adds up every message's payload; a pass stops once it read ``byte_room`` bytes (one message over)."""
+    frames = [messages(i) for i in range(4)]
+    payload = len(frames[0]) - 2  # a 2-byte frame header (payloads under 126 bytes)
+    rig.server.sendall(b"".join(frames))
+    _, first = rig.receiver.read(100, rig.soon(), payload + 1)
+    assert len(first) == 2 and rig.receiver.bytes_read == 2 * payload
+    _, rest = rig.receiver.read(100, rig.soon())
+    assert len(rest) == 2 and rig.receiver.bytes_read == 4 * payload
+
+
 def test_a_close_ends_the_list_after_what_came_before(rig: Rig) -> None:
     """A close frame is the last item of its pass, after the messages that preceded it."""
     rig.server.sendall(messages(1) + frame(0x88, (1000).to_bytes(2, "big") + b"bye") + messages(2))

@@ -151,3 +151,68 @@ def test_late_end_marker_changes_nothing_and_late_refusal_raises() -> None:
     with pytest.raises(SyncRejected) as info:
         a.on_late(part("Too many", 429))
     assert info.value.status == 429
+
+
+def test_how_a_snapshot_completed_is_recorded() -> None:
+    """Unsplit: single; an end marker after a part: marker; the quiet rule: quiet, the only inferred one."""
+    single = SnapshotAssembler(SYNC, split=False, quiet=1.0)
+    single.on_response(part({"users": [{"id": 1}]}), 0.0)
+    assert single.completion == "single" and not single.inferred
+    marked = SnapshotAssembler(SYNC, split=True, quiet=1.0)
+    marked.on_response(part({"users": [{"id": 1}]}), 0.0)
+    assert marked.completion is None
+    marked.on_response(part({}), 0.1)
+    assert marked.completion == "marker" and not marked.inferred
+    quiet = SnapshotAssembler(SYNC, split=True, quiet=1.0)
+    quiet.on_response(part({"users": [{"id": 1}]}), 0.0)
+    assert quiet.check(1.0) and quiet.completion == "quiet" and quiet.inferred
+
+
+@pytest.mark.parametrize("first", [{}, None, {"done": True}], ids=["empty", "null", "flag"])
+def test_an_empty_or_marker_only_first_part_completes_nothing_by_itself(first: Any) -> None:
+    """A first part that is only an end marker waits for the quiet rule (or a later marker); it is a part."""
+    a = SnapshotAssembler(SYNC, split=True, quiet=1.0)
+    a.on_response(part(first), 0.0)
+    assert not a.complete and a.parts == 1 and a.deadline() == 1.0
+    a.on_response(part({"users": [{"id": 1}]}), 0.5)
+    a.on_response(part({}), 0.6)
+    assert a.complete and a.completion == "marker" and set(a.entities) == {("user", 1)}
+    alone = SnapshotAssembler(SYNC, split=True, quiet=1.0)
+    alone.on_response(part(first), 0.0)
+    assert alone.check(1.0) and alone.inferred and alone.entities == {}
+
+
+def test_bounds_name_the_one_exceeded() -> None:
+    """Entities over max_entities, bytes over max_bytes, time since the syncrequest at timeout: each named."""
+    a = SnapshotAssembler(SYNC, split=True, quiet=1.0, started=100.0, timeout=60.0, max_bytes=1000, max_entities=2)
+    assert a.exceeded(100.0, 1000) is None
+    assert a.exceeded(100.0, 1001) == "max_snapshot_bytes"
+    assert a.exceeded(160.0, 0) == "snapshot_timeout"
+    a.on_response(part({"users": [{"id": 1}, {"id": 2}, {"id": 3}]}), 101.0)
+    assert a.exceeded(101.0, 0) == "max_snapshot_entities"
+
+
+def test_a_complete_snapshot_exceeds_nothing() -> None:
+    """Once complete, no bound applies any more (the next step is its reconciliation)."""
+    a = SnapshotAssembler(SYNC, split=False, quiet=1.0, started=0.0, timeout=1.0, max_bytes=1, max_entities=0)
+    a.on_response(part({"users": [{"id": 1}]}), 0.0)
+    assert a.exceeded(100.0, 10**9) is None and a.next_due() is None
+
+
+def test_next_due_is_the_quiet_deadline_or_the_time_bound_whichever_first() -> None:
+    """Before any part only the time bound runs; with parts the earlier of quiet and bound."""
+    a = SnapshotAssembler(SYNC, split=True, quiet=1.0, started=10.0, timeout=5.0)
+    assert a.next_due() == 15.0
+    a.on_response(part({"users": [{"id": 1}]}), 11.0)
+    assert a.next_due() == 12.0
+    a.on_response(part({"users": [{"id": 2}]}), 14.5)
+    assert a.next_due() == 15.0
+
+
+def test_release_drops_what_was_assembled() -> None:
+    """After reconciliation the assembler keeps neither entities nor buffered events."""
+    a = SnapshotAssembler(SYNC, split=False, quiet=1.0)
+    a.on_event(props(1), "t")
+    a.on_response(part({"users": [{"id": 1}]}), 0.0)
+    a.release()
+    assert a.entities == {} and a.buffered == [] and a.complete

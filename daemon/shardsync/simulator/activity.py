@@ -11,6 +11,10 @@ reachable the same ways (``POST /admin/<knob>``, ``Simulator.<knob>(...)``):
 * ``replay(count, ...)``: the last live props of each socket sent again.
 * ``event`` (``system_event``): ``{"e": name, "d": data}`` whatever the entityTypes.
 * ``poison(kind, remainder, divisor, in_snapshot, expression)`` and ``cure()``: see :mod:`.poison`.
+* ``blank_snapshot(count, remainder, divisor)``: the next ``count`` snapshots of that shard carry no
+  entity at all (every collection empty), though the truth is unchanged: a server's bad answer.
+* ``purge(entity_types, remainder, divisor, expression)``: delete every entity of those types the
+  shard holds (published live to open sockets): a real mass deletion.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ class Activity:
     sessions: dict[int, WsSession]
     paused: bool
     poisoned: list[poisons.Poison]
+    #: Blank snapshots still to send, by (remainder, divisor); None matches any.
+    blank_left: dict[tuple[int | None, int | None], int]
 
     # -- fan-out ------------------------------------------------------------------------
     def publish(self, changes: list[Mutation]) -> None:
@@ -172,6 +178,34 @@ class Activity:
         for session in sessions:
             session.enqueue({"e": name, "d": payload})
         return len(sessions)
+
+    # -- mass deletions, false and real -------------------------------------------------
+    def blank_snapshot(self, count: int = 1, remainder: int | None = None, divisor: int | None = None) -> None:
+        """The next ``count`` snapshots of that shard (``remainder`` None: of any socket) are empty."""
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        self.blank_left[(remainder, divisor)] = count
+
+    def take_blank(self, scope: Scope) -> bool:
+        """Whether the snapshot about to be sent for ``scope`` is to be blank (uses one up)."""
+        shard = scope.shard
+        candidates: list[tuple[int | None, int | None]] = [(None, None)]
+        if shard is not None:
+            candidates += [(shard.remainder, None), (shard.remainder, shard.divisor)]
+        for key in candidates:
+            if self.blank_left.get(key, 0) > 0:
+                self.blank_left[key] -= 1
+                return True
+        return False
+
+    def purge(self, entity_types: list[str], remainder: int | None = None, divisor: int = 1,
+              expression: str = "modAccountId") -> list[Mutation]:
+        """Delete every entity of ``entity_types`` that shard holds, published live; returns the deletions."""
+        truth = self.truth
+        keys = list(truth.select(shard_scope(remainder, divisor, expression, entity_types)))
+        changes = [change for entity_type, ident in keys if (change := truth.delete(entity_type, ident)) is not None]
+        self.publish(changes)
+        return changes
 
     # -- poison -----------------------------------------------------------------------
     def poison(self, kind: str, remainder: int | None = None, divisor: int = 1, in_snapshot: bool = True,

@@ -199,6 +199,15 @@ class Simulator:
         accountId. Not part of :meth:`truth`."""
         return self.call(lambda s: s.poison(kind, remainder, divisor, in_snapshot, expression))
 
+    def blank_snapshot(self, count: int = 1, remainder: int | None = None, divisor: int | None = None) -> None:
+        """The next ``count`` snapshots of that shard (remainder None: any) carry no entity; the truth stays."""
+        self.call(lambda s: s.blank_snapshot(count, remainder, divisor))
+
+    def purge(self, entity_types: list[str], remainder: int | None = None, divisor: int = 1,
+              expression: str = "modAccountId") -> list[Mutation]:
+        """Delete every entity of ``entity_types`` the shard holds (published live); returns the deletions."""
+        return self.call(lambda s: s.purge(entity_types, remainder, divisor, expression))
+
     def cure(self) -> int:
         """Take every poison entity out of later snapshots."""
         return self.call(lambda s: s.cure())

@@ -29,6 +29,10 @@ class Hub(Protocol):
         """Generate ``count`` changes of ``scope``'s accounts now and publish them."""
         ...
 
+    def take_blank(self, scope: Scope) -> bool:
+        """Whether ``scope``'s snapshot about to be sent is to be empty (a blank_snapshot knob, used up)."""
+        ...
+
     def poisoned_for(self, scope: Scope) -> list[tuple[str, dict[str, Any]]]:
         """Poison entities (plural collection, entity) that belong in ``scope``'s snapshot."""
         ...

@@ -23,5 +23,7 @@ admin API (same port as REST and WebSocket; https when --tls-cert/--tls-key are 
                           {"token": ..., "p-ticket": T}; syncrequest: "p-ticket" in the body)
     poison                {"kind": "deep"|"bigid"|"badtype", "remainder", "divisor", "in_snapshot"}
                           one order a correct client quarantines; cure removes them from snapshots
+    blank_snapshot        {"count": N, "remainder", "divisor"}: the next N snapshots of that shard are empty
+    purge                 {"entity_types": [...], "remainder", "divisor"}: delete all of those in the shard
     pause, resume, step, mutate, inflate, malformed, replay, event, configure
 """

@@ -46,7 +46,7 @@ _EVICTION_STATUS = {"revoke401": 401, "http408": 408, "http502": 502}
 _KNOBS = (
     "drop", "reset", "close", "shutdown", "revoke", "stall", "unstall", "refuse", "pause", "resume", "mutate",
     "step", "malformed", "inflate", "ws429", "penalty", "socket_penalty", "lockout", "event", "replay",
-    "poison", "cure", "configure",
+    "poison", "cure", "configure", "blank_snapshot", "purge",
 )  # fmt: skip
 _KNOB_METHODS = {"close": "close_frame", "event": "system_event"}
 
@@ -75,6 +75,7 @@ class SimServer(Faults, Activity):
         self.poisoned: list[Poison] = []
         self.paused = False
         self.ws429_left = 0
+        self.blank_left: dict[tuple[int | None, int | None], int] = {}
         self.refuse_until = 0.0
         self.port = 0
         self._next_conn = 1

@@ -230,9 +230,12 @@ class WsSession:
         options = hub.options
         self.flush_pending()
         every = options.empty_collections == "include"
-        snapshot = hub.truth.snapshot(scope, every_collection=every)
-        for plural, entity in hub.poisoned_for(scope):
-            snapshot.setdefault(plural, []).append(entity)
+        if hub.take_blank(scope):
+            snapshot = hub.truth.snapshot(Scope(entity_types=frozenset()), every_collection=every)
+        else:
+            snapshot = hub.truth.snapshot(scope, every_collection=every)
+            for plural, entity in hub.poisoned_for(scope):
+                snapshot.setdefault(plural, []).append(entity)
         if self.subscription is not None:  # second_sync=replace: the old subscription ends here
             hub.records.unsubscribed(self.subscription)
         self.scope = scope

@@ -133,6 +133,10 @@ class Sink(abc.ABC):
         everything.  ``entities`` is never pruned.
         """
 
+    def status(self) -> Freshness | None:
+        """The shard's status row as the sink holds it (None: none written yet); read at open to carry it on."""
+        return None
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release the file/connection and the writer lock; safe to call twice."""

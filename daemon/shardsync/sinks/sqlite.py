@@ -191,7 +191,10 @@ class SqliteSink(Sink):
 
     def status(self) -> Freshness | None:
         """The file's status row, if one was written."""
-        row = self._connection().execute(STATUS_SELECT).fetchone()
+        try:
+            row = self._connection().execute(STATUS_SELECT).fetchone()
+        except sqlite3.Error as exc:
+            raise SinkError(f"sqlite sink: cannot read the status of {self.file}: {exc}") from exc
         return None if row is None else Freshness.from_row(row)
 
     def prune(self, retention: float, *, now: float, limit: int = PRUNE_BATCH) -> int:

@@ -34,4 +34,11 @@ def worker_options(settings: Settings) -> WorkerOptions:
         sink_dsn=sink.dsn,
         batch_max=sink.batch_max,
         flush_interval=sink.flush_interval,
+        response_timeout=t.response_timeout,
+        snapshot_timeout=t.snapshot_timeout,
+        max_snapshot_bytes=t.max_snapshot_bytes,
+        max_snapshot_entities=t.max_snapshot_entities,
+        deletion_grace=t.deletion_grace,
+        max_resync_delete_ratio=t.max_resync_delete_ratio,
+        events_retention=sink.events_retention,
     )

@@ -41,3 +41,18 @@ class WorkerOptions:
     flush_interval: float = 0.05
     #: Ask the parent for a connect permit before every connect.
     permits: bool = True
+    #: Seconds within which the server must send ``o``, answer ``authorize`` and answer the
+    #: syncrequest (its first part), each counted from when it was sent (again after a penalty resend).
+    response_timeout: float = 30.0
+    #: Bounds of one snapshot: seconds since its syncrequest, bytes received while it is
+    #: assembled, entities held.  Exceeded: abandoned (``snapshot_incomplete``), sink untouched.
+    snapshot_timeout: float = 600.0
+    max_snapshot_bytes: int = 4 << 30
+    max_snapshot_entities: int = 10_000_000
+    #: Seconds the deletions of a snapshot whose end was inferred (quiet rule) wait before they commit.
+    deletion_grace: float = 10.0
+    #: A resync deleting more than this share of the shard's entities (and more than
+    #: ``guard.MASS_MINIMUM``) is confirmed by a second snapshot first.
+    max_resync_delete_ratio: float = 0.5
+    #: Seconds the change log keeps a change (0: everything); pruned while the socket is quiet.
+    events_retention: float = 7 * 86400.0

@@ -1,8 +1,9 @@
 """The worker's end of its link to the parent: inbox, heartbeats, state changes, stop.
 
 The parent sends the token, connect permits and ``Stop`` down the inbox pipe;
-the worker sends ``Hello``, heartbeats (its :class:`Vitals`), ``NeedToken``
-and ``NeedPermit`` back.  Heartbeats go out from the session's own loop, so a
+the worker sends ``Hello``, heartbeats (its :class:`Vitals`), ``NeedToken``,
+``NeedPermit``, and ``Rejected``/``Throttled`` (what the parent's one API
+budget is built on) back.  Heartbeats go out from the session's own loop, so a
 wedged loop looks dead to the parent, which is the point.  ``Stop``, the
 parent's end of the pipe closing and SIGTERM (through the signal wakeup fd)
 all end the worker the same way: :class:`Stopping`.
@@ -148,6 +149,8 @@ class ParentLink:
         self._stopping = False
         #: When the next heartbeat is due (the session's receive pass keeps this deadline too).
         self.next_beat = 0.0
+        #: Called with the new state after every state change (the worker writes its freshness row).
+        self.on_state: Callable[[ShardState], None] | None = None
 
     # --- what the worker says ------------------------------------------------------
 
@@ -189,13 +192,24 @@ class ParentLink:
 
     def set_state(self, state: ShardState, *, busy_for: float = 0.0) -> None:
         """Change state and tell the parent at once (permits and status follow states)."""
-        if state != self._vitals.state or busy_for:
+        changed = state != self._vitals.state
+        if changed or busy_for:
             self._vitals.state = state
             self.beat(busy_for=busy_for)
+        if changed and self.on_state is not None:
+            self.on_state(state)
 
     def busy(self, seconds: float) -> None:
         """Tell the parent the next step may block this long (handshake, large commit)."""
         self.beat(busy_for=seconds)
+
+    def rejected(self, endpoint: str, status: int, text: str) -> None:
+        """The server refused ``endpoint`` in a way a new socket will not fix (the parent counts and parks)."""
+        self._send(ipc.Rejected(endpoint=endpoint, status=status, text=text))
+
+    def throttled(self, reason: str, endpoint: str, text: str) -> None:
+        """The server asked the whole API user to slow down (the parent pauses every shard's handshakes)."""
+        self._send(ipc.Throttled(reason=reason, endpoint=endpoint, text=text))
 
     def reject_token(self, token: str) -> None:
         """authorize refused ``token``: forget it, ignore it if handed out again, ask for another."""

@@ -2,9 +2,12 @@
 
 The deadlines of a connected worker are few and all kept here or read from
 their owners: the client ``[]`` every 2.5 s, the heartbeat to the parent, the
-idle cut-off (a silent socket is dead), and the snapshot's quiet rule.  What a
-pass read comes back with the time it was read, so the receive time travels
-with its messages.
+idle cut-off (a silent socket is dead), and the session's own next deadline
+(an answer due, a penalty's resend, the snapshot's quiet rule and bounds,
+provisional deletions, the freshness row).  What a pass read comes back with
+the time it was read, so the receive time travels with its messages; the
+bytes of every message read are counted (:attr:`Receiver.bytes_read`), which
+is what bounds a snapshot's size.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from shardsync import protocol
 from shardsync.protocol import MessagesFrame, ProtocolError
 from shardsync.worker.connection import Closed, Connection, ConnectionLost
 from shardsync.worker.parent import ParentLink, Vitals
+
+#: A pass with no byte bound.
+NO_BYTE_LIMIT = 1 << 62
 
 #: What a pass read: its receive time (ISO-8601 UTC, "" when nothing was read) and the
 #: decoded messages, in order; a close or an undecodable frame is the last item
@@ -56,18 +62,21 @@ class Receiver:
         vitals.last_frame_at = now
         self._next_ping = now + protocol.HEARTBEAT_INTERVAL
         self._control_seen = conn.control_frames
+        #: Payload bytes of every message read on this connection.
+        self.bytes_read = 0
 
-    def read(self, room: int, quiet: float | None) -> Received:
+    def read(self, room: int, due: float | None, byte_room: int = NO_BYTE_LIMIT) -> Received:
         """Wait for the next deadline or input; return what was read meanwhile.
 
         ``room`` is how many more changes the pending batch takes and
-        ``quiet`` the snapshot's quiet deadline, if one runs.  Once the socket
-        is readable, every frame already read ahead is taken in the same pass
-        (up to ``room`` messages, or until the next deadline), so sink writes
-        are batched under load and immediate when traffic is light.
+        ``due`` the session's own next deadline, if it has one.  Once the
+        socket is readable, every frame already read ahead is taken in the
+        same pass (up to ``room`` messages or ``byte_room`` bytes, or until
+        the next deadline), so sink writes are batched under load and
+        immediate when traffic is light.
         """
         conn, clock = self._conn, self._clock
-        deadline = self._tick(quiet)
+        deadline = self._tick(due)
         if conn.buffered():
             # The parent's fds are served in every pass, even while a flood keeps
             # the read-ahead full: Stop, Token and Permit must never wait for it.
@@ -81,6 +90,7 @@ class Receiver:
         decode = protocol.decode_frame
         messages: list[Any] = []
         frames = 0
+        size = 0
         while True:
             frame = conn.recv(timeout)
             if frame is None:
@@ -90,6 +100,7 @@ class Receiver:
                 # Whatever came before the close (a shutdown event, say) is handled first.
                 messages.append(frame)
                 break
+            size += len(frame)
             try:
                 decoded = decode(frame)
             except ProtocolError as exc:
@@ -99,10 +110,11 @@ class Receiver:
                 messages += decoded.messages
             else:
                 messages.append(decoded)
-            if len(messages) >= room or not conn.buffered() or clock() >= deadline:
+            if len(messages) >= room or size >= byte_room or not conn.buffered() or clock() >= deadline:
                 break
         if frames:
             self._vitals.frames += frames
+            self.bytes_read += size
         # Any frame is liveness, pings and fragments too (they complete no message).
         control = conn.control_frames
         if frames or control != self._control_seen:
@@ -130,7 +142,7 @@ class Receiver:
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(self._fd)
 
-    def _tick(self, quiet: float | None) -> float:
+    def _tick(self, due: float | None) -> float:
         """Run what is due (client ``[]``, heartbeat, idle check); return the next deadline."""
         now = self._clock()
         if now >= self._next_ping:
@@ -145,4 +157,4 @@ class Receiver:
         if now >= link.next_beat:
             link.beat()
         deadline = min(link.next_beat, self._next_ping, last_frame_at + self._idle_timeout)
-        return deadline if quiet is None else min(deadline, quiet)
+        return deadline if due is None else min(deadline, due)

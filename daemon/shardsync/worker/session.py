@@ -3,10 +3,13 @@
 Everything runs on one thread, in one selector over the WebSocket and the
 parent's fds.  The parts each have their own room: ``parent.py`` (inbox,
 heartbeats, state told to the parent, stop), ``receive.py`` (one read pass
-and its deadlines), ``snapshot.py`` (the snapshot's parts and the quiet rule),
-``batch.py`` (pending changes -> sink -> mirror); ``boot.py`` makes a forked
-process a worker.  This module only decides what a message means in the
-current state.
+and its deadlines), ``exchange.py`` (the requests, what is awaited by when,
+time penalties, refusals told to the parent), ``snapshot.py`` (the
+snapshot's parts, the quiet rule and its bounds), ``reconcile.py`` (a
+snapshot into the sink without a false deletion), ``batch.py`` (pending
+changes -> sink -> mirror), ``upkeep.py`` (the freshness row and retention
+while live); ``boot.py`` makes a forked process a worker.  This module only
+decides what a message means in the current state.
 """
 
 from __future__ import annotations
@@ -22,32 +25,24 @@ import structlog
 
 from shardsync import ipc, protocol
 from shardsync.backoff import Backoff
+from shardsync.clip import clip
 from shardsync.ipc import ShardState
 from shardsync.mirror import MirrorError
 from shardsync.protocol import CloseFrame, PropsEvent, ProtocolError, Response, ShutdownEvent, SystemEvent
 from shardsync.sinks import SinkError
 from shardsync.worker.batch import Batch
 from shardsync.worker.connection import Closed, Connection, ConnectionLost
+from shardsync.worker.ending import SessionEnded, TokenRejected
+from shardsync.worker.exchange import Exchange
 from shardsync.worker.options import WorkerOptions
 from shardsync.worker.parent import ParentLink, Stopping, Vitals, interruptible
-from shardsync.worker.receive import Receiver
+from shardsync.worker.receive import NO_BYTE_LIMIT, Receiver
+from shardsync.worker.reconcile import Reconciler
 from shardsync.worker.snapshot import SnapshotAssembler, SyncRejected
+from shardsync.worker.upkeep import Upkeep
 
-AUTH_ID = 0
-SYNC_ID = 1
-
-
-class SessionEnded(Exception):
-    """The current session is over; ``backoff`` overrides the usual reconnect delay."""
-
-    def __init__(self, reason: str, *, backoff: float | None = None, reached_live: bool = False) -> None:
-        self.backoff = backoff
-        self.reached_live = reached_live
-        super().__init__(reason)
-
-
-class TokenRejected(SessionEnded):
-    """authorize answered 401: the parent must hand out a fresh token."""
+#: Server text in the worker's own log lines is clipped to this.
+LOG_TEXT = 300
 
 
 def utc_now() -> str:
@@ -82,13 +77,21 @@ class Worker:
             inbox_fd, send, self._selector, vitals=self.vitals, heartbeat_interval=options.heartbeat_interval,
             permits=options.permits, clock=clock, log=self.log, wake_fd=wake_fd,
         )
+        self.link.on_state = self._on_state
         self.conn: Connection | None = None
         self._receiver: Receiver | None = None
         self.batch: Batch | None = None
+        self._reconciler: Reconciler | None = None
+        self._upkeep: Upkeep | None = None
         #: The snapshot quiet period in use; doubled after a late part (SnapshotAssembler.on_late).
         self._quiet = options.snapshot_quiet
         self._failures = 0
         self._sync_sent_at = 0.0
+        self.exchange = Exchange(options, remainder, self.link, sync_sent=self._sync_sent, clock=clock, log=self.log)
+        # One session's state (reset at its start, released at its end).
+        self._assembler: SnapshotAssembler | None = None
+        self._live = False
+        self._sync_bytes_at = 0
 
     # --- the outer loop ---------------------------------------------------------
 
@@ -96,7 +99,14 @@ class Worker:
         """Serve the shard until told to stop; returns the process exit code."""
         self.link.hello(self.remainder)
         try:
-            self.batch = self._open_sink()
+            self.batch = batch = self._open_sink()
+            options = self.options
+            self._reconciler = Reconciler(batch, ratio=options.max_resync_delete_ratio,
+                                          grace=options.deletion_grace, clock=self._clock, log=self.log)
+            self._upkeep = Upkeep(batch, heartbeat_interval=options.heartbeat_interval,
+                                  retention=options.events_retention, slow_prune=options.sink_kind == "jsonl",
+                                  announce=self.link.busy, clock=self._clock, log=self.log)
+            self._on_state(self.vitals.state)
             while True:
                 token = self.link.await_token()
                 self.link.take_permit()
@@ -126,134 +136,194 @@ class Worker:
             return batch
 
     def _after_session(self, end: SessionEnded) -> None:
+        # The traceback holds the session's frames, and with them whatever it
+        # had assembled: released now, not after the backoff.
+        end.__traceback__ = end.__context__ = end.__cause__ = None
+        self._end_session()
         self._close_connection(clean=not isinstance(end, TokenRejected))
         self.vitals.reconnects += 1
         if end.reached_live:
             self._failures = 0
         self._failures += 1
         delay = end.backoff if end.backoff is not None else self._backoff.delay(self._failures)
-        self.log.warning("session_ended", reason=str(end), reconnect_in=round(delay, 3))
+        self.log.warning("session_ended", reason=clip(str(end), LOG_TEXT), reconnect_in=round(delay, 3))
         self.vitals.last_error = str(end)
         self.link.wait(self._clock() + delay, state=ShardState.BACKOFF)
+
+    def _end_session(self) -> None:
+        """Forget everything the session held: its question, its snapshot, its provisional deletions."""
+        self.exchange.end()
+        self._assembler = None
+        self._live = False
+        if self._reconciler is not None:
+            self._reconciler.drop()
 
     # --- one session -----------------------------------------------------------------
 
     def _session(self, token: str) -> None:
         assert self.batch is not None
-        self.link.set_state(ShardState.CONNECTING, busy_for=self.options.handshake_timeout)
+        options = self.options
+        self.link.set_state(ShardState.CONNECTING, busy_for=options.handshake_timeout)
         try:
             with interruptible():
                 conn = Connection.open(
-                    self.options.ws_url, handshake_timeout=self.options.handshake_timeout, ca_file=self.options.ca_file,
-                    max_message_bytes=self.options.max_message_bytes,
+                    options.ws_url, handshake_timeout=options.handshake_timeout, ca_file=options.ca_file,
+                    max_message_bytes=options.max_message_bytes,
                 )
         except ConnectionLost as exc:
             raise SessionEnded(str(exc)) from None
         self.conn = conn
         self._receiver = receiver = Receiver(
-            conn, self._selector, self.link, self.vitals, idle_timeout=self.options.idle_timeout, clock=self._clock,
+            conn, self._selector, self.link, self.vitals, idle_timeout=options.idle_timeout, clock=self._clock,
             now_iso=self._now_iso,
         )
         self.vitals.connected_since = time.time()
         self.link.set_state(ShardState.AUTHORIZING)
-        self.log.info("connected", url=self.options.ws_url)
+        self.log.info("connected", url=options.ws_url)
+        self._live = False
+        self._assembler = None
+        self.exchange.begin(conn, token)
 
-        batch, apply = self.batch, self.batch.apply
-        assembler: SnapshotAssembler | None = None
-        reached_live = False
-        opened = False
+        batch = self.batch
         try:
             while True:
-                received_at, messages = receiver.read(batch.room(), None if assembler is None else assembler.deadline())
+                live = self._live
+                received_at, messages = receiver.read(
+                    batch.room(), self._due(), NO_BYTE_LIMIT if live else self._byte_room()
+                )
+                apply = self._apply
                 for message in messages:
-                    if reached_live and type(message) is PropsEvent:
+                    if live and type(message) is PropsEvent:
                         apply(message, received_at)  # the hot path, ahead of the rarer cases
                         continue
-                    if isinstance(message, Closed):
-                        raise ConnectionLost(
-                            f"server closed the WebSocket ({message.code} {message.reason})".strip(), message.code
-                        )
-                    if isinstance(message, ProtocolError):
-                        raise message
-                    if isinstance(message, protocol.OpenFrame):
-                        if not opened:
-                            opened = True
-                            conn.send(protocol.encode_authorize(AUTH_ID, token))
-                        continue
-                    if assembler is None:
-                        if isinstance(message, Response) and message.id == AUTH_ID:
-                            self._on_authorized(message, token)
-                            assembler = self._request_sync()
-                        continue
-                    self._dispatch(message, assembler, reached_live, received_at)
-                if assembler is not None and not reached_live and assembler.check(self._clock()):
-                    self._reconcile(assembler)
-                    reached_live = True
-                    self._failures = 0
-                if batch.due(receiver.waiting):
-                    batch.commit()
+                    self._on_message(message, received_at)
+                self._after_pass()
         except (ConnectionLost, ProtocolError, SinkError, SyncRejected, MirrorError) as exc:
-            raise self._classify(exc, reached_live) from None
+            raise self._classify(exc) from None
         except SessionEnded as end:
-            end.reached_live = end.reached_live or reached_live
+            end.reached_live = end.reached_live or self._live
             raise
 
-    def _on_authorized(self, response: Response, token: str) -> None:
-        if response.status == 401:
-            self.link.reject_token(token)
-            raise TokenRejected(f"token rejected by authorize: {response.error_text}")
-        if not response.ok:
-            raise SessionEnded(f"authorize failed with {response.status}: {response.error_text}")
-        self.log.info("authorized")
+    @property
+    def _apply(self) -> Callable[[PropsEvent | SystemEvent, str], None]:
+        assert self._reconciler is not None
+        return self._reconciler.apply
 
-    def _request_sync(self) -> SnapshotAssembler:
-        assert self.conn is not None
-        options = self.options
-        body = protocol.sync_request_body(
-            divisor=options.divisor, remainder=self.remainder, expression=options.expression,  # type: ignore[arg-type]
-            entity_types=options.entity_types, split_responses=options.split_responses,
-        )
-        self.conn.send(protocol.encode_request("user/syncrequest", SYNC_ID, "", body))
-        self._sync_sent_at = self._clock()
-        self.link.set_state(ShardState.SYNCING)
-        return SnapshotAssembler(SYNC_ID, split=options.split_responses, quiet=self._quiet)
+    def _due(self) -> float | None:
+        """The session's next own deadline: an answer, a resend, the snapshot's, held deletions, the status row."""
+        if self._live:  # once per pass of the hot path: nothing is awaited any more, two deadlines at most
+            assert self._reconciler is not None and self._upkeep is not None
+            due, held = self._upkeep.deadline(), self._reconciler.deadline()
+            return held if held is not None and (due is None or held < due) else due
+        candidates = (self.exchange.deadline(), None if self._assembler is None else self._assembler.next_due())
+        return min((at for at in candidates if at is not None), default=None)
 
-    def _dispatch(self, message: object, assembler: SnapshotAssembler, reconciled: bool, received_at: str) -> None:
-        if isinstance(message, Response):
-            if message.id != SYNC_ID:
-                self.log.debug("unexpected_response", id=message.id, status=message.status)
-            elif not assembler.complete:
-                assembler.on_response(message, self._clock())
-            elif (quiet := assembler.on_late(message)) is not None:
-                self._quiet = quiet
-                self.log.warning("late_snapshot_part", quiet=quiet)
-                raise SessionEnded(f"late snapshot part: resync with a {quiet:g} s quiet period", backoff=0.0)
+    def _byte_room(self) -> int:
+        """How many more bytes the snapshot being assembled may take (a pass stops there)."""
+        if self._assembler is None or self._assembler.complete or self._receiver is None:
+            return NO_BYTE_LIMIT
+        return max(1, self.options.max_snapshot_bytes - (self._receiver.bytes_read - self._sync_bytes_at) + 1)
+
+    def _on_message(self, message: object, received_at: str) -> None:
+        if isinstance(message, Closed):
+            raise ConnectionLost(f"server closed the WebSocket ({message.code} {message.reason})".strip(), message.code)
+        if isinstance(message, ProtocolError):
+            raise message
+        if isinstance(message, protocol.OpenFrame):
+            self.exchange.on_open()
+        elif isinstance(message, Response):
+            if not self.exchange.on_response(message):
+                self._on_snapshot_part(message)
         elif isinstance(message, PropsEvent | SystemEvent):
             # Not "assembler.complete": props read in the same pass as the
             # completing part must wait for the reconciliation, or the snapshot
             # (older than they are) would undo them.
-            if reconciled:
-                assert self.batch is not None
-                self.batch.apply(message, received_at)
-            else:
-                assembler.on_event(message, received_at)
+            if self._live:
+                self._apply(message, received_at)
+            elif self._assembler is not None:
+                self._assembler.on_event(message, received_at)
         elif isinstance(message, ShutdownEvent):
-            backoff = self.options.quota_backoff if message.quota else None
-            reason = f"server shutdown: {message.reason_code} {message.reason or ''}".strip()
-            raise SessionEnded(reason, backoff=backoff)
+            raise self.exchange.on_shutdown(message)
         elif isinstance(message, CloseFrame):
             raise SessionEnded(f"server closed the session: {message.code} {message.reason or ''}".strip())
 
-    def _reconcile(self, assembler: SnapshotAssembler) -> None:
-        assert self.batch is not None
-        self.link.busy(max(10.0, len(assembler.entities) / 20_000))
-        changes = self.batch.reconcile(assembler.entities, assembler.buffered, received_at=self._now_iso())
-        self.vitals.snapshot_seconds = round(self._clock() - self._sync_sent_at, 3)
-        self.link.set_state(ShardState.LIVE)
-        self.log.info("live", parts=assembler.parts, entities=len(self.batch.mirror), changes=changes,
-                      buffered=len(assembler.buffered))
+    def _on_snapshot_part(self, response: Response) -> None:
+        assembler = self._assembler
+        if assembler is None or response.id != assembler.request_id:
+            self.log.debug("unexpected_response", id=response.id, status=response.status)
+        elif not assembler.complete:
+            assembler.on_response(response, self._clock())
+        elif (quiet := assembler.on_late(response)) is not None:
+            self._quiet = quiet
+            self.log.warning("late_snapshot_part", quiet=quiet)
+            raise SessionEnded(f"late snapshot part: resync with a {quiet:g} s quiet period", backoff=0.0)
 
-    def _classify(self, exc: Exception, reached_live: bool) -> SessionEnded:
+    def _sync_sent(self, request_id: int, resend: bool) -> None:
+        """The syncrequest went out: a new snapshot starts (and, unless it is a penalty's resend, a new session)."""
+        assert self._receiver is not None and self.batch is not None and self.batch.status is not None
+        options = self.options
+        self._sync_sent_at = now = self._clock()
+        self._sync_bytes_at = self._receiver.bytes_read
+        self._assembler = SnapshotAssembler(
+            request_id, split=options.split_responses, quiet=self._quiet, started=now,
+            timeout=options.snapshot_timeout, max_bytes=options.max_snapshot_bytes,
+            max_entities=options.max_snapshot_entities,
+        )
+        if not resend:
+            self.batch.status.new_session()
+            self.link.set_state(ShardState.SYNCING)
+
+    def _after_pass(self) -> None:
+        """What is due after a read pass: answers and resends, the snapshot, held deletions, commits, upkeep."""
+        now = self._clock()
+        exchange = self.exchange
+        if exchange.awaiting is not None:
+            exchange.check(now)
+        batch = self.batch
+        reconciler = self._reconciler
+        assert batch is not None and reconciler is not None and self._receiver is not None
+        if not self._live:
+            assembler = self._assembler
+            if assembler is not None and exchange.awaiting is None:
+                self._check_snapshot(assembler, now)
+        elif reconciler.due(now):
+            reconciler.commit_held()
+        if batch.due(self._receiver.waiting):
+            batch.commit()
+        elif self._live:
+            assert self._upkeep is not None
+            self._upkeep.run(now, self._receiver.waiting)
+
+    def _check_snapshot(self, assembler: SnapshotAssembler, now: float) -> None:
+        assert self._receiver is not None
+        received = self._receiver.bytes_read - self._sync_bytes_at
+        bound = assembler.exceeded(now, received)
+        if bound is not None:
+            seconds = round(now - assembler.started, 3)
+            self.log.warning("snapshot_incomplete", bound=bound, parts=assembler.parts,
+                             entities=len(assembler.entities), bytes=received, seconds=seconds)
+            raise SessionEnded(f"snapshot incomplete: {bound} exceeded after {seconds:g} s, {assembler.parts} "
+                               f"parts, {len(assembler.entities)} entities, {received} bytes")
+        if assembler.check(now):
+            self._reconcile(assembler)
+
+    def _reconcile(self, assembler: SnapshotAssembler) -> None:
+        assert self.batch is not None and self._reconciler is not None
+        self.link.busy(max(10.0, len(assembler.entities) / 20_000))
+        outcome = self._reconciler.reconcile(assembler, self._now_iso())
+        parts, buffered = assembler.parts, len(assembler.buffered)
+        assembler.release()
+        self.vitals.snapshot_seconds = round(self._clock() - self._sync_sent_at, 3)
+        if outcome.resync:
+            raise SessionEnded(f"mass deletion held back: {outcome.verdict.suspected} of "
+                               f"{len(self.batch.mirror)} entities missing; resyncing to confirm", backoff=0.0)
+        self._live = True
+        self._failures = 0
+        self.link.set_state(ShardState.LIVE)
+        self.log.info("live", parts=parts, completion=assembler.completion, entities=len(self.batch.mirror),
+                      changes=outcome.changes, held=outcome.held, buffered=buffered)
+
+    def _classify(self, exc: Exception) -> SessionEnded:
         backoff = None
         if isinstance(exc, ProtocolError):
             self.log.warning("protocol_error", error=str(exc), excerpt=exc.excerpt)
@@ -262,10 +332,17 @@ class Worker:
             self.log.error("sink_error", error=str(exc))
             reason = f"sink error: {exc}"
         else:
-            if isinstance(exc, SyncRejected) and exc.status == 429:
-                backoff = self.options.quota_backoff
+            if isinstance(exc, SyncRejected):
+                backoff = self.exchange.refused(exc)
             reason = str(exc)
-        return SessionEnded(reason, backoff=backoff, reached_live=reached_live)
+        return SessionEnded(reason, backoff=backoff, reached_live=self._live)
+
+    # --- freshness -----------------------------------------------------------------
+
+    def _on_state(self, state: ShardState) -> None:
+        """Every state change reaches the shard's freshness row."""
+        if self.batch is not None:
+            self.batch.restate()
 
     # --- teardown --------------------------------------------------------------------------
 
@@ -284,9 +361,12 @@ class Worker:
 
     def _shutdown(self) -> None:
         self.vitals.state = ShardState.STOPPING
+        self._end_session()
         try:
             if self.batch is not None:
                 self.batch.commit()
+                # Written whether or not a batch just carried it: "stopped" is the last word.
+                self._on_state(ShardState.STOPPING)
         except SinkError as exc:
             # Unflushed live changes are healed by the next start's resync.
             self.log.error("final_flush_failed", error=str(exc))
