@@ -6,6 +6,7 @@ import pytest
 
 from shardsync import protocol as p
 from shardsync import syncmessage
+from shardsync.quarantine import Refusal
 
 
 def test_open_and_heartbeat_frames() -> None:
@@ -116,7 +117,6 @@ def test_string_messages_holding_objects_are_accepted() -> None:
         b'a[{"s":"200","i":1}]',
         b'a[{"s":200,"i":true}]',
         b'a[{"e":1}]',
-        b'a[{"e":"props","d":{"entityType":"order","eventType":"Created","entity":{"name":"no id"}}}]',
         b'a[{"e":"props","d":{"eventType":"Created","entity":{"id":1}}}]',
         b'a[{"e":"props","d":[]}]',
         b'a[{"s":200,"i":1,"d":{"p-ticket":5}}]',
@@ -193,14 +193,14 @@ def test_singular_names() -> None:
 
 
 def test_snapshot_entities_skips_null_and_flags() -> None:
-    """Null collections and scalar flags contribute no entities; lists do."""
+    """Null collections and scalar flags contribute no entities; lists do; a body that is no object is an error."""
     data = {"users": [{"id": 1}], "accounts": None, "positions": [{"id": 2}, {"id": 3}], "done": True}
     expected = [("user", {"id": 1}), ("position", {"id": 2}), ("position", {"id": 3})]
-    assert list(syncmessage.snapshot_entities(data)) == expected
+    refused: list[Refusal] = []
+    assert list(syncmessage.snapshot_entities(data, refused)) == expected
+    assert refused == []
     with pytest.raises(p.ProtocolError):
-        list(syncmessage.snapshot_entities({"users": [{"name": "x"}]}))
-    with pytest.raises(p.ProtocolError):
-        list(syncmessage.snapshot_entities([1]))
+        list(syncmessage.snapshot_entities([1], refused))
 
 
 def test_snapshot_end_markers() -> None:
@@ -214,18 +214,50 @@ def test_snapshot_end_markers() -> None:
 
 
 @pytest.mark.parametrize(
-    "entity",
-    [b'{"name":"x"}', b'{"id":"1"}', b'{"id":null}', b'{"id":true}', b'{"id":1.0}', b'"x"', b'[{"id":1},{"id":false}]'],
+    ("entity", "reason"),
+    [
+        (b'{"name":"x"}', "id is not an integer"),
+        (b'{"id":"1"}', "id is not an integer"),
+        (b'{"id":null}', "id is not an integer"),
+        (b'{"id":true}', "id is not an integer"),
+        (b'{"id":1.0}', "id is not an integer"),
+        (b'"x"', "not an object"),
+        (b"9223372036854775808", "not an object"),
+        (b'{"id":9223372036854775808}', "id outside signed 64-bit"),
+        (b'{"id":-9223372036854775809}', "id is not an integer"),  # orjson gives a float below -2**63
+        (b'{"id":1,"accountId":9223372036854775808}', "accountId outside signed 64-bit"),
+    ],
 )
-def test_props_entity_ids_are_checked_by_the_codec(entity: bytes) -> None:
-    """The codec owns the entity-id check: any props entity without an integer (non-bool) id is a ProtocolError."""
+def test_props_entity_ids_are_checked_by_the_codec(entity: bytes, reason: str) -> None:
+    """The codec owns the entity-id check: a props entity without a storable integer (non-bool) id is refused,
+    as a Rejected message with the reason, never a ProtocolError for the frame."""
     raw = b'a[{"e":"props","d":{"entityType":"order","eventType":"Created","entity":' + entity + b"}}]"
-    with pytest.raises(p.ProtocolError, match="order entity without an integer id"):
-        p.decode_frame(raw)
+    frame = p.decode_frame(raw)
+    assert isinstance(frame, p.MessagesFrame)
+    (rejected,) = frame.messages
+    assert isinstance(rejected, p.Rejected)
+    assert [(r.entity_type, r.event_type, r.reason) for r in rejected.refused] == [("order", "Created", reason)]
 
 
-@pytest.mark.parametrize("entry", [{"id": True}, {"id": "1"}, {"id": 1.5}, {"id": None}, "x", 7])
+def test_props_keep_their_good_entities_beside_the_refused_ones() -> None:
+    """A list entity with one bad member: the good ones stay one PropsEvent, the bad one follows as Rejected."""
+    raw = (b'a[{"e":"props","d":{"entityType":"fill","eventType":"Created","entity":'
+           b'[{"id":1,"orderId":5},{"id":false},{"id":3,"orderId":9223372036854775808},{"id":4}]}}]')
+    frame = p.decode_frame(raw)
+    assert isinstance(frame, p.MessagesFrame)
+    props, rejected = frame.messages
+    assert props == p.PropsEvent("fill", "Created", ({"id": 1, "orderId": 5}, {"id": 4}))
+    assert isinstance(rejected, p.Rejected)
+    assert [r.reason for r in rejected.refused] == ["id is not an integer", "orderId outside signed 64-bit"]
+    assert [r.id for r in rejected.refused] == [None, 3]
+
+
+@pytest.mark.parametrize("entry", [{"id": True}, {"id": "1"}, {"id": 1.5}, {"id": None}, "x", 7, {"id": 2**63}])
 def test_snapshot_entity_ids_are_checked_by_the_codec(entry: object) -> None:
-    """The codec owns the entity-id check for snapshots too: an entry without an integer id is a ProtocolError."""
-    with pytest.raises(p.ProtocolError, match="positions entry without an integer id"):
-        list(syncmessage.snapshot_entities({"users": [{"id": 1}], "positions": [{"id": 2}, entry]}))
+    """The codec owns the entity-id check for snapshots too: an entry without a storable integer id is refused
+    (handed back with the reason) and the rest of the snapshot comes through."""
+    refused: list[Refusal] = []
+    data = {"users": [{"id": 1}], "positions": [{"id": 2}, entry, {"id": 4}]}
+    got = list(syncmessage.snapshot_entities(data, refused))
+    assert got == [("user", {"id": 1}), ("position", {"id": 2}), ("position", {"id": 4})]
+    assert [(r.entity_type, r.event_type) for r in refused] == [("position", "Snapshot")]
