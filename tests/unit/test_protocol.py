@@ -261,3 +261,49 @@ def test_snapshot_entity_ids_are_checked_by_the_codec(entry: object) -> None:
     got = list(syncmessage.snapshot_entities(data, refused))
     assert got == [("user", {"id": 1}), ("position", {"id": 2}), ("position", {"id": 4})]
     assert [(r.entity_type, r.event_type) for r in refused] == [("position", "Snapshot")]
+
+
+def test_error_text_of_a_deep_error_body_is_bounded() -> None:
+    """An error response whose body nests 1000 deep (orjson reads it, cannot write it) still has a short error_text."""
+    raw = b'a[{"s":500,"i":0,"d":{"why":' + b"[" * 1000 + b"]" * 1000 + b"}}]"
+    frame = p.decode_frame(raw)
+    assert isinstance(frame, p.MessagesFrame)
+    (response,) = frame.messages
+    assert isinstance(response, p.Response)
+    assert response.error_text.startswith('{"why":[[[[') and len(response.error_text) <= 401
+
+
+def test_a_deep_snapshot_entity_is_found_through_the_frames_bracket_count() -> None:
+    """A 300-deep order in a snapshot frame: the response carries the frame's count and the order is refused;
+    a count that leaves no room for a deep entity skips the walk (the gate the hot path relies on)."""
+    deep = b"[" * 300 + b"]" * 300
+    raw = b'a[{"s":200,"i":1,"d":{"orders":[{"id":1},{"id":2,"t":' + deep + b"}]}}]"
+    frame = p.decode_frame(raw)
+    assert isinstance(frame, p.MessagesFrame)
+    (response,) = frame.messages
+    assert isinstance(response, p.Response) and response.nesting == 306
+    refused: list[Refusal] = []
+    assert [e["id"] for _, e in syncmessage.snapshot_entities(response.data, refused, response.nesting)] == [1]
+    assert [(r.id, r.reason) for r in refused] == [(2, "nested deeper than 253 levels")]
+    # 4 containers (d, orders, two orders) + 252 inside an entity cannot hide 253 levels: not walked.
+    walked: list[Refusal] = []
+    assert len(list(syncmessage.snapshot_entities(response.data, walked, 4 + 252))) == 2 and walked == []
+
+
+def test_a_deep_props_entity_in_a_long_frame_is_refused() -> None:
+    """Entities orjson reads but cannot write (255 and 1000 deep) are refused; a flat neighbour in the same
+    frame, and a system event, go on; a deep system payload is refused whole."""
+    def props(ident: int, depth: int) -> bytes:
+        text = b"[" * depth + b"]" * depth if depth else b"0"
+        return (b'{"e":"props","d":{"entityType":"order","eventType":"Updated","entity":{"id":%d,"t":' % ident
+                + text + b"}}}")
+    raw = (b"a[" + props(1, 0) + b"," + props(2, 255) + b"," + props(3, 1000) + b',{"e":"x","d":1},'
+           + b'{"e":"y","d":' + b"[" * 300 + b"]" * 300 + b"}]")
+    frame = p.decode_frame(raw)
+    assert isinstance(frame, p.MessagesFrame)
+    kinds = [type(m).__name__ for m in frame.messages]
+    assert kinds == ["PropsEvent", "Rejected", "Rejected", "SystemEvent", "Rejected"]
+    refused = [r for m in frame.messages if isinstance(m, p.Rejected) for r in m.refused]
+    assert [(r.entity_type, r.id, r.reason) for r in refused] == [
+        ("order", 2, "nested deeper than 253 levels"), ("order", 3, "nested deeper than 253 levels"),
+        ("y", None, "nested deeper than 253 levels")]

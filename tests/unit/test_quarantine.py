@@ -10,7 +10,7 @@ import pytest
 
 from shardsync import quarantine as q
 from shardsync.change import Change
-from shardsync.mirror import Mirror
+from shardsync.mirror import Mirror, MirrorError, key_of
 
 
 def nested(depth: int, leaf: Any = None) -> Any:
@@ -162,3 +162,10 @@ def test_mirror_system_does_not_attribute_an_unstorable_account() -> None:
     mirror = Mirror()
     assert mirror.system("alert", {"accountId": 2**63}, received_at="T").account_id is None
     assert mirror.system("alert", {"accountId": 8}, received_at="T").account_id == 8
+
+
+def test_key_of_refuses_an_id_no_column_holds() -> None:
+    """The mirror's own check (for callers other than the codec) refuses ids outside int64 too."""
+    assert key_of("order", {"id": 2**63 - 1}) == ("order", 2**63 - 1)
+    with pytest.raises(MirrorError, match="outside signed 64-bit"):
+        key_of("order", {"id": 2**63})
