@@ -47,7 +47,10 @@ class Change:
     ``event_type`` is ``Created``/``Updated``/``Deleted`` for entity changes;
     for system and unknown events (``origin == "system"``) ``entity_type`` is
     the event name, ``event_type`` is ``"Event"``, ``id`` is None and
-    ``entity`` holds the payload as received.  ``account_id`` is the account
+    ``entity`` holds the payload as received.  A quarantined entity
+    (``origin == "rejected"``, see ``quarantine``) has its type, the props
+    ``eventType`` (``Snapshot``, ``Event`` for a whole system event), its id
+    only when it fits int64, and ``Refusal.record()`` as ``entity``.  ``account_id`` is the account
     the change belongs to, attributed by whoever made the change (the mirror
     follows fills to their order); None when unknown.
     """

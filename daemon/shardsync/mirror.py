@@ -9,23 +9,17 @@ committed+pending, so the changes of one batch build on each other; the
 caller calls :meth:`Mirror.commit` once the sink committed the batch, or
 :meth:`Mirror.rollback` when it failed (the session then resyncs).
 
-Entity dicts are stored as given and never copied or modified: callers must
-treat them as immutable once handed over. Entities are compared by value.
+Entity dicts are stored as given, never copied or modified (callers treat them as immutable);
+compared by value, a comparison too deep for the interpreter counts as "changed" (none raises).
 """
 
 from __future__ import annotations
 
-from collections.abc import (
-    Collection,
-    ItemsView,
-    Iterable,
-    Iterator,
-    Mapping,
-    Sequence,
-)
+from collections.abc import Collection, ItemsView, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from shardsync.change import ACCOUNT_KEYED_TYPES, ACCOUNT_VIA, EVENT_TYPES, Change, Entity, Key, Origin
+from shardsync.quarantine import Refusal, fits
 
 __all__ = ["Entity", "Key", "Mirror", "MirrorError", "key_of"]
 
@@ -42,6 +36,8 @@ def key_of(entity_type: str, entity: object) -> Key:
     # bool is an int subclass and True == 1 would alias the key of id 1.
     if not isinstance(ident, int) or isinstance(ident, bool):
         raise MirrorError(f"{entity_type}: entity has no integer id")
+    if not fits(ident):
+        raise MirrorError(f"{entity_type}: id outside signed 64-bit")
     return (entity_type, ident)
 
 
@@ -181,8 +177,11 @@ class Mirror:
             if scope is not None and key[0] not in scope:
                 continue
             current = pending[key] if key in pending else committed.get(key)
-            if current == entity:
-                continue
+            try:
+                if current == entity:
+                    continue
+            except RecursionError:  # nested too deep to compare: stored again
+                pass
             self._put(key, entity, current is not None)
             event_type = "Created" if current is None else "Updated"
             change = Change(origin, key[0], event_type, key[1], entity, received_at, account(key[0], entity, False))
@@ -239,12 +238,7 @@ class Mirror:
         return changes
 
     def diff_event(
-        self,
-        entity_type: str,
-        event_type: str,
-        entities: Sequence[Entity],
-        *,
-        received_at: str,
+        self, entity_type: str, event_type: str, entities: Sequence[Entity], *, received_at: str
     ) -> list[Change]:
         """Apply one live ``props`` event and return the changes it made.
 
@@ -259,12 +253,7 @@ class Mirror:
         return self.diff_props(entity_type, event_type, entities, received_at=received_at)
 
     def diff_props(
-        self,
-        entity_type: str,
-        event_type: str,
-        entities: Sequence[Entity],
-        *,
-        received_at: str,
+        self, entity_type: str, event_type: str, entities: Sequence[Entity], *, received_at: str
     ) -> list[Change]:
         """:meth:`diff_event` for entities whose ids are checked already.
 
@@ -287,9 +276,12 @@ class Mirror:
                 self._remove(key)
                 # A Deleted event may carry only the id: the stored entity knows its account.
                 owner = current
-            elif current == entity:
-                return []
             else:
+                try:
+                    if current == entity:
+                        return []
+                except RecursionError:  # nested too deep to compare: stored again
+                    pass
                 self._put(key, entity, current is not None)
                 owner = entity
             account = ident if entity_type in ACCOUNT_KEYED_TYPES else owner.get("accountId")
@@ -307,8 +299,11 @@ class Mirror:
                 self._remove(key)
                 owner = current
             else:
-                if current == entity:
-                    continue
+                try:
+                    if current == entity:
+                        continue
+                except RecursionError:  # nested too deep to compare: stored again
+                    pass
                 self._put(key, entity, current is not None)
                 owner = entity
             account = self._attribute(entity_type, owner)
@@ -318,7 +313,15 @@ class Mirror:
     def system(self, name: str, payload: Any, *, received_at: str) -> Change:
         """A system or unknown event as a change record; the state is untouched."""
         account = payload.get("accountId") if isinstance(payload, dict) else None
-        return Change("system", name, "Event", None, payload, received_at, account if type(account) is int else None)
+        return Change("system", name, "Event", None, payload, received_at, account if fits(account) else None)
+
+    def rejected(self, refusal: Refusal, *, received_at: str) -> Change:
+        """An entity the codec refused, as a change record (origin ``rejected``); the state is untouched."""
+        account = refusal.account_id()
+        if account is None and refusal.entity_type in ACCOUNT_VIA:  # a child: through its parent, uncounted
+            account = self._through_parent(refusal.entity_type, refusal.owner, False)
+        return Change("rejected", refusal.entity_type, refusal.event_type, refusal.id, refusal.record(), received_at,
+                      account if fits(account) else None)
 
     # -- batch boundaries -----------------------------------------------------
 

@@ -4,25 +4,40 @@ No I/O happens here.  Everything malformed raises :class:`ProtocolError` (and
 nothing else), carrying a short excerpt of the offending input, so the session
 loop has exactly one exception to turn into "log, resync".
 
-Entity ids are checked here and only here: every entity of a
-:class:`PropsEvent` and of :func:`snapshot_entities` is an object with an
-integer (not bool) ``id``; the worker and the mirror's ``diff_props`` trust it.
+Entities are validated here and only here (snapshot collections: in
+``syncmessage``), by the rules of ``quarantine``: every entity of a
+:class:`PropsEvent` is an object with a storable integer ``id`` (and
+``accountId`` and parent link) nested at most ``MAX_DEPTH`` deep; the worker
+and the mirror's ``diff_props`` trust it.  An entity that breaks a rule is
+not a protocol error: it comes out in a :class:`Rejected` message beside the
+rest, and so does a system event whose payload no sink could store.  A frame
+orjson refuses (nesting beyond its 1024 levels, bad UTF-8 in one entity) is
+split into the parts it accepts by ``salvage``.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import orjson
+
+from shardsync import quarantine, salvage
+from shardsync.quarantine import LINKS, MAX_DEPTH, Refusal, Unreadable, problem, refuse, render, too_deep
+from shardsync.requests import EXPRESSION_TYPES, encode_authorize, encode_request, sync_request_body
+
+# Requests are encoded in their own module (requests.py); they stay importable from here.
+__all__ = [
+    "EXPRESSION_TYPES", "HEARTBEAT", "HEARTBEAT_INTERVAL", "SHUTDOWN_QUOTA_REASONS", "CloseFrame", "Frame",
+    "HeartbeatFrame", "Message", "MessagesFrame", "OpenFrame", "Penalty", "PropsEvent", "ProtocolError", "Rejected",
+    "Response", "ShutdownEvent", "SystemEvent", "decode_frame", "encode_authorize", "encode_request", "excerpt",
+    "is_int", "penalty_of", "sync_request_body"
+]
 
 #: The client heartbeat, sent every 2.5 s whatever the traffic.
 HEARTBEAT: Final = "[]"
 HEARTBEAT_INTERVAL: Final = 2.5
 
-EXPRESSION_TYPES: Final = frozenset({"modAccountId", "modUserId"})
 SHUTDOWN_QUOTA_REASONS: Final = frozenset({"ConnectionQuotaReached", "IPQuotaReached"})
 
 _EXCERPT = 120
@@ -94,6 +109,8 @@ class Response:
     status: int
     id: int | None
     data: Any = None
+    #: At least the number of objects and arrays in ``data`` (its frame's count); None: unknown.
+    nesting: int | None = field(default=None, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -103,7 +120,8 @@ class Response:
     def error_text(self) -> str:
         if isinstance(self.data, str):
             return self.data
-        return "" if self.data is None else orjson.dumps(self.data).decode()
+        # Bounded whatever the data: it may nest beyond what orjson writes.
+        return "" if self.data is None else render(self.data, 400)
 
     @property
     def penalty(self) -> Penalty | None:
@@ -139,6 +157,19 @@ class SystemEvent:
     data: Any = field(default=None)
 
 
+@dataclass(frozen=True, slots=True)
+class Rejected(SystemEvent):
+    """Entities the codec refused (quarantine), or a whole event no sink could store, with the reasons.
+
+    A SystemEvent on purpose: whatever keeps system events in order (the
+    snapshot's buffer, the session's dispatch) keeps these too, and the batch
+    writes them to the change log with origin ``rejected``.
+    """
+
+    name: str = "rejected"
+    refused: tuple[Refusal, ...] = ()
+
+
 Message = Response | PropsEvent | ShutdownEvent | SystemEvent
 
 
@@ -149,7 +180,7 @@ def penalty_of(data: Any) -> Penalty | None:
     ticket = data["p-ticket"]
     raw_time = data.get("p-time", 0)
     if not isinstance(ticket, str) or isinstance(raw_time, bool) or not isinstance(raw_time, int | float):
-        raise ProtocolError("malformed time penalty", orjson.dumps(data))
+        raise ProtocolError("malformed time penalty", render(data))
     return Penalty(ticket=ticket, time=float(raw_time), captcha=data.get("p-captcha") is True)
 
 
@@ -193,8 +224,16 @@ def _decode_close(raw: bytes) -> CloseFrame:
     return CloseFrame(code=code, reason=reason)
 
 
+#: An entity nested more than MAX_DEPTH deep needs this many bytes at least (its brackets):
+#: a shorter frame is never searched for one.
+_DEEP_FRAME: Final = 2 * (MAX_DEPTH + 1)
+
+
 def _decode_messages(raw: bytes) -> tuple[Message, ...]:
-    body = _loads(raw[1:], "message frame", raw)
+    try:
+        body = orjson.loads(raw[1:])
+    except orjson.JSONDecodeError as exc:
+        body = _salvaged(raw, exc)
     if type(body) is not list:
         raise ProtocolError("message frame is not a JSON array", raw)
     # Props events, the live stream, go straight to their decoder: at tens of
@@ -203,13 +242,69 @@ def _decode_messages(raw: bytes) -> tuple[Message, ...]:
     messages: list[Message] = []
     for item in body:
         if type(item) is dict and item.get("e") == "props":
-            messages.append(_decode_props(item.get("d"), raw))
+            _decode_props(item.get("d"), raw, messages)
         else:
-            messages.append(_decode_message(item, raw))
+            _decode_message(item, raw, messages)
+    if len(raw) >= _DEEP_FRAME:
+        _check_nesting(raw, messages)
     return tuple(messages)
 
 
-def _decode_message(item: Any, origin: bytes) -> Message:
+def _salvaged(raw: bytes, exc: orjson.JSONDecodeError) -> list[Any]:
+    """The frame split into what orjson accepts (salvage.py), or the ProtocolError it always was."""
+    try:
+        return salvage.messages(raw)
+    except salvage.Unscannable:
+        raise ProtocolError(f"invalid JSON in message frame ({exc.msg})", raw) from None
+
+
+def _check_nesting(raw: bytes, messages: list[Message]) -> None:
+    """Refuse the entities and system payloads of a long frame nested deeper than a sink can write.
+
+    Cheap first: every object or array has a ``{`` or ``[`` in the frame, and
+    the messages' own containers (items, payloads, entities) are counted from
+    what was decoded.  Only when the rest could hold MAX_DEPTH levels inside
+    one entity are the entities walked (quarantine.too_deep).  A response
+    learns the count (``Response.nesting``) for syncmessage's same check.
+    """
+    containers = raw.count(b"{") + raw.count(b"[")
+    structural = 1  # the frame's array
+    for message in messages:
+        kind = type(message)
+        if kind is PropsEvent:
+            structural += 2 + len(message.entities)  # type: ignore[union-attr]
+        else:
+            structural += 1
+            if kind is Response:
+                message.nesting = containers  # type: ignore[union-attr]
+    if containers - structural < MAX_DEPTH:
+        return
+    checked: list[Message] = []
+    for message in messages:
+        if type(message) is PropsEvent:
+            checked += _deep_props(message)
+        elif type(message) is SystemEvent and too_deep(message.data):
+            checked.append(Rejected(refused=(refuse(message.name, "Event", message.data, quarantine.TOO_DEEP),)))
+        else:
+            checked.append(message)
+    messages[:] = checked
+
+
+def _deep_props(event: PropsEvent) -> list[Message]:
+    deep = [too_deep(entity) for entity in event.entities]
+    if not any(deep):
+        return [event]
+    out: list[Message] = []
+    good = tuple(entity for entity, bad in zip(event.entities, deep, strict=True) if not bad)
+    if good:
+        out.append(PropsEvent(event.entity_type, event.event_type, good))
+    refused = tuple(refuse(event.entity_type, event.event_type, entity, quarantine.TOO_DEEP)
+                    for entity, bad in zip(event.entities, deep, strict=True) if bad)
+    out.append(Rejected(refused=refused))
+    return out
+
+
+def _decode_message(item: Any, origin: bytes, out: list[Message]) -> None:
     if isinstance(item, str):
         # Some servers are reported to send messages as JSON strings inside the
         # array; accept them when they hold an object.
@@ -217,10 +312,11 @@ def _decode_message(item: Any, origin: bytes) -> Message:
     if not isinstance(item, dict):
         raise ProtocolError("message is not a JSON object", origin)
     if "e" in item:
-        return _decode_event(item, origin)
-    if "s" in item:
-        return _decode_response(item, origin)
-    raise ProtocolError("message is neither a response nor an event", origin)
+        _decode_event(item, origin, out)
+    elif "s" in item:
+        out.append(_decode_response(item, origin))
+    else:
+        raise ProtocolError("message is neither a response nor an event", origin)
 
 
 def _decode_response(item: dict[str, Any], origin: bytes) -> Response:
@@ -234,7 +330,8 @@ def _decode_response(item: dict[str, Any], origin: bytes) -> Response:
         penalty_of(data)
     except ProtocolError as exc:
         raise ProtocolError(str(exc).split(":")[0], origin) from None
-    return Response(status=status, id=rid, data=data)
+    # Every object or array takes two bytes of the frame: a bound until _check_nesting counts them.
+    return Response(status=status, id=rid, data=data, nesting=len(origin) // 2)
 
 
 def _unquote(text: str) -> str:
@@ -249,24 +346,28 @@ def _unquote(text: str) -> str:
     return text
 
 
-def _decode_event(item: dict[str, Any], origin: bytes) -> Message:
+def _decode_event(item: dict[str, Any], origin: bytes, out: list[Message]) -> None:
     name, data = item["e"], item.get("d")
     if not isinstance(name, str):
         raise ProtocolError("event name is not a string", origin)
     if name == "props":
-        return _decode_props(data, origin)
-    if name == "shutdown":
+        _decode_props(data, origin, out)
+    elif name == "shutdown":
         if not isinstance(data, dict):
             data = {}
         code, reason = data.get("reasonCode"), data.get("reason")
-        return ShutdownEvent(
+        out.append(ShutdownEvent(
             reason_code=code if isinstance(code, str) else None,
             reason=reason if isinstance(reason, str) else None,
-        )
-    return SystemEvent(name=name, data=data)
+        ))
+    elif isinstance(data, Unreadable):
+        out.append(Rejected(refused=(refuse(name, "Event", data, data.reason),)))
+    else:
+        out.append(SystemEvent(name=name, data=data))
 
 
-def _decode_props(data: Any, origin: bytes) -> PropsEvent:
+def _decode_props(data: Any, origin: bytes, out: list[Message]) -> None:
+    """Append the props event (its storable entities) and, if any entity was refused, a Rejected."""
     if not isinstance(data, dict):
         raise ProtocolError("props event without an object payload", origin)
     entity_type, event_type, entity = data.get("entityType"), data.get("eventType"), data.get("entity")
@@ -274,78 +375,22 @@ def _decode_props(data: Any, origin: bytes) -> PropsEvent:
         raise ProtocolError("props event without entityType", origin)
     if not isinstance(event_type, str):
         raise ProtocolError("props event without eventType", origin)
-    entities = tuple(entity) if isinstance(entity, list) else (entity,)
+    entities = tuple(entity) if type(entity) is list else (entity,)
+    link = LINKS.get(entity_type)
     for one in entities:
-        if not isinstance(one, dict) or not is_int(one.get("id")):
-            raise ProtocolError(f"{entity_type} entity without an integer id", origin)
-    return PropsEvent(entity_type=entity_type, event_type=event_type, entities=entities)
+        if problem(one, link) is not None:
+            break
+    else:
+        out.append(PropsEvent(entity_type=entity_type, event_type=event_type, entities=entities))
+        return
+    reasons = [problem(one, link) for one in entities]
+    good = tuple(one for one, reason in zip(entities, reasons, strict=True) if reason is None)
+    if good:
+        out.append(PropsEvent(entity_type=entity_type, event_type=event_type, entities=good))
+    out.append(Rejected(refused=tuple(refuse(entity_type, event_type, one, reason)
+                                      for one, reason in zip(entities, reasons, strict=True) if reason is not None)))
 
 
 def is_int(value: Any) -> bool:
     """An int that is not a bool (JSON true would otherwise pass as 1)."""
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-
-# --- encoding ------------------------------------------------------------------
-
-_ENDPOINT = re.compile(r"[A-Za-z][A-Za-z0-9/]*")
-
-
-def encode_request(endpoint: str, request_id: int, query: str = "", body: Any = None) -> str:
-    """``endpoint\\nid\\nquery\\nbody``; ``body`` is JSON-encoded unless it is already text."""
-    if not _ENDPOINT.fullmatch(endpoint):
-        raise ValueError(f"invalid endpoint {endpoint!r}")
-    if "\n" in query:
-        raise ValueError("query must not contain a newline")
-    if body is None:
-        text = ""
-    elif isinstance(body, str):
-        text = body
-    else:
-        text = orjson.dumps(body).decode()
-    return f"{endpoint}\n{request_id}\n{query}\n{text}"
-
-
-def encode_authorize(request_id: int, token: str) -> str:
-    """``authorize`` carries the raw access token as its body, never JSON."""
-    if not token or any(ch in token for ch in "\r\n"):
-        raise ValueError("access token is empty or contains a newline")
-    return encode_request("authorize", request_id, "", token)
-
-
-def sync_request_body(
-    *,
-    divisor: int | None = None,
-    remainder: int | None = None,
-    expression: Literal["modAccountId", "modUserId"] = "modAccountId",
-    entity_types: Sequence[str] = (),
-    split_responses: bool = True,
-    users: Sequence[int] | None = None,
-    accounts: Sequence[int] | None = None,
-) -> dict[str, Any]:
-    """The ``user/syncrequest`` body, refusing combinations the docs forbid."""
-    sharded = divisor is not None or remainder is not None
-    if sharded:
-        if users is not None or accounts is not None:
-            raise ValueError("users/accounts cannot be combined with shardingExpression")
-        if divisor is None or remainder is None or divisor < 1 or not 0 <= remainder < divisor:
-            raise ValueError(f"invalid sharding: remainder {remainder} of divisor {divisor}")
-        if expression not in EXPRESSION_TYPES:
-            raise ValueError(f"invalid expressionType {expression!r}")
-    if users is not None and entity_types:
-        raise ValueError("users cannot be combined with entityTypes")
-    body: dict[str, Any] = {"splitResponses": split_responses}
-    if users is not None:
-        body["users"] = list(users)
-    if accounts is not None:
-        body["accounts"] = list(accounts)
-    if entity_types:
-        body["entityTypes"] = list(entity_types)
-    if sharded:
-        body["shardingExpression"] = {
-            "expressionType": expression,
-            "divisor": divisor,
-            "remainder": remainder,
-        }
-    return body

@@ -5,6 +5,11 @@ entities (tradovate-protocol.md section 4.3).  This module turns one body into
 ``(entityType, entity)`` pairs and recognises the end markers a split
 snapshot may carry; deciding when a split snapshot is complete is
 ``worker/snapshot.py``'s job.
+
+It owns the validation of snapshot entities (``protocol`` owns that of
+props), by the rules of ``quarantine``: an entity no sink could store is
+handed back as a :class:`~shardsync.quarantine.Refusal` and the rest of the
+snapshot proceeds.
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
-import orjson
+from shardsync import quarantine
+from shardsync.protocol import ProtocolError
+from shardsync.quarantine import LINKS as _LINKS
+from shardsync.quarantine import MAX_DEPTH, SNAPSHOT, Refusal, Unreadable, problem, refuse, render, too_deep
 
-from shardsync.protocol import ProtocolError, is_int
-
-__all__ = ["COLLECTIONS", "is_snapshot_end", "singular", "snapshot_entities"]
+__all__ = ["COLLECTIONS", "SNAPSHOT", "is_snapshot_end", "singular", "snapshot_entities"]
 
 
 #: Plural collection name in a SyncMessage -> singular entityType.
@@ -69,22 +75,46 @@ def singular(collection: str) -> str:
     return collection
 
 
-def snapshot_entities(data: Any) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every ``(entityType, entity)`` in one snapshot response body.
+def snapshot_entities(
+    data: Any, refused: list[Refusal], nesting: int | None = None
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every storable ``(entityType, entity)`` in one snapshot response body; the others go to ``refused``.
 
     Only list-valued keys are collections; ``null`` collections are empty and
-    scalar keys (completion flags of split snapshots) are not entities.
+    scalar keys (completion flags of split snapshots) are not entities.  A
+    collection salvage could not read as an array is refused whole, as one
+    Refusal of its type.  ``nesting`` bounds the objects and arrays in
+    ``data`` (``Response.nesting``): when the collections and their entities
+    account for all but fewer than MAX_DEPTH of them, no entity can be too
+    deep and none is walked; None walks every one.
     """
     if not isinstance(data, dict):
-        raise ProtocolError("snapshot body is not an object", _dump(data))
+        raise ProtocolError("snapshot body is not an object", render(data))
+    deep = nesting is None or nesting - _structure(data) >= MAX_DEPTH
     for key, value in data.items():
+        if isinstance(value, Unreadable):
+            refused.append(refuse(singular(key), SNAPSHOT, value, value.reason))
         if value is None or not isinstance(value, list):
             continue
         entity_type = singular(key)
+        link = _LINKS.get(entity_type)
         for entity in value:
-            if not isinstance(entity, dict) or not is_int(entity.get("id")):
-                raise ProtocolError(f"snapshot {key} entry without an integer id", _dump(entity))
-            yield entity_type, entity
+            reason = problem(entity, link)
+            if reason is None and deep and too_deep(entity):
+                reason = quarantine.TOO_DEEP
+            if reason is None:
+                yield entity_type, entity
+            else:
+                refused.append(refuse(entity_type, SNAPSHOT, entity, reason))
+
+
+def _structure(data: dict[str, Any]) -> int:
+    """The containers of ``data`` that are not inside an entity: itself, its collections, their objects."""
+    count = 1
+    for value in data.values():
+        if type(value) is list:
+            count += 1 + sum(1 for entity in value if type(entity) is dict)
+    return count
 
 
 #: Scalar keys that servers could use to mark the last chunk of a split snapshot.
@@ -101,13 +131,6 @@ def is_snapshot_end(data: Any) -> bool:
         return True
     if not isinstance(data, dict):
         return False
-    if any(isinstance(value, list) for value in data.values()):
+    if any(isinstance(value, list | Unreadable) for value in data.values()):
         return False
     return any(data.get(flag) is True for flag in _END_FLAGS)
-
-
-def _dump(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except TypeError:
-        return repr(value).encode()

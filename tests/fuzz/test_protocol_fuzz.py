@@ -90,7 +90,7 @@ def test_arbitrary_json_arrays_raise_only_protocol_error(value: Any) -> None:
         with contextlib.suppress(p.ProtocolError):
             p.decode_frame(raw)
     try:
-        list(syncmessage.snapshot_entities(value))
+        list(syncmessage.snapshot_entities(value, []))
         syncmessage.is_snapshot_end(value)
     except p.ProtocolError:
         pass

@@ -6,6 +6,7 @@ import pytest
 
 from shardsync import protocol as p
 from shardsync import syncmessage
+from shardsync.quarantine import Refusal
 
 
 def test_open_and_heartbeat_frames() -> None:
@@ -116,7 +117,6 @@ def test_string_messages_holding_objects_are_accepted() -> None:
         b'a[{"s":"200","i":1}]',
         b'a[{"s":200,"i":true}]',
         b'a[{"e":1}]',
-        b'a[{"e":"props","d":{"entityType":"order","eventType":"Created","entity":{"name":"no id"}}}]',
         b'a[{"e":"props","d":{"eventType":"Created","entity":{"id":1}}}]',
         b'a[{"e":"props","d":[]}]',
         b'a[{"s":200,"i":1,"d":{"p-ticket":5}}]',
@@ -193,14 +193,14 @@ def test_singular_names() -> None:
 
 
 def test_snapshot_entities_skips_null_and_flags() -> None:
-    """Null collections and scalar flags contribute no entities; lists do."""
+    """Null collections and scalar flags contribute no entities; lists do; a body that is no object is an error."""
     data = {"users": [{"id": 1}], "accounts": None, "positions": [{"id": 2}, {"id": 3}], "done": True}
     expected = [("user", {"id": 1}), ("position", {"id": 2}), ("position", {"id": 3})]
-    assert list(syncmessage.snapshot_entities(data)) == expected
+    refused: list[Refusal] = []
+    assert list(syncmessage.snapshot_entities(data, refused)) == expected
+    assert refused == []
     with pytest.raises(p.ProtocolError):
-        list(syncmessage.snapshot_entities({"users": [{"name": "x"}]}))
-    with pytest.raises(p.ProtocolError):
-        list(syncmessage.snapshot_entities([1]))
+        list(syncmessage.snapshot_entities([1], refused))
 
 
 def test_snapshot_end_markers() -> None:
@@ -214,18 +214,96 @@ def test_snapshot_end_markers() -> None:
 
 
 @pytest.mark.parametrize(
-    "entity",
-    [b'{"name":"x"}', b'{"id":"1"}', b'{"id":null}', b'{"id":true}', b'{"id":1.0}', b'"x"', b'[{"id":1},{"id":false}]'],
+    ("entity", "reason"),
+    [
+        (b'{"name":"x"}', "id is not an integer"),
+        (b'{"id":"1"}', "id is not an integer"),
+        (b'{"id":null}', "id is not an integer"),
+        (b'{"id":true}', "id is not an integer"),
+        (b'{"id":1.0}', "id is not an integer"),
+        (b'"x"', "not an object"),
+        (b"9223372036854775808", "not an object"),
+        (b'{"id":9223372036854775808}', "id outside signed 64-bit"),
+        (b'{"id":-9223372036854775809}', "id is not an integer"),  # orjson gives a float below -2**63
+        (b'{"id":1,"accountId":9223372036854775808}', "accountId outside signed 64-bit"),
+    ],
 )
-def test_props_entity_ids_are_checked_by_the_codec(entity: bytes) -> None:
-    """The codec owns the entity-id check: any props entity without an integer (non-bool) id is a ProtocolError."""
+def test_props_entity_ids_are_checked_by_the_codec(entity: bytes, reason: str) -> None:
+    """The codec owns the entity-id check: a props entity without a storable integer (non-bool) id is refused,
+    as a Rejected message with the reason, never a ProtocolError for the frame."""
     raw = b'a[{"e":"props","d":{"entityType":"order","eventType":"Created","entity":' + entity + b"}}]"
-    with pytest.raises(p.ProtocolError, match="order entity without an integer id"):
-        p.decode_frame(raw)
+    frame = p.decode_frame(raw)
+    assert isinstance(frame, p.MessagesFrame)
+    (rejected,) = frame.messages
+    assert isinstance(rejected, p.Rejected)
+    assert [(r.entity_type, r.event_type, r.reason) for r in rejected.refused] == [("order", "Created", reason)]
 
 
-@pytest.mark.parametrize("entry", [{"id": True}, {"id": "1"}, {"id": 1.5}, {"id": None}, "x", 7])
+def test_props_keep_their_good_entities_beside_the_refused_ones() -> None:
+    """A list entity with one bad member: the good ones stay one PropsEvent, the bad one follows as Rejected."""
+    raw = (b'a[{"e":"props","d":{"entityType":"fill","eventType":"Created","entity":'
+           b'[{"id":1,"orderId":5},{"id":false},{"id":3,"orderId":9223372036854775808},{"id":4}]}}]')
+    frame = p.decode_frame(raw)
+    assert isinstance(frame, p.MessagesFrame)
+    props, rejected = frame.messages
+    assert props == p.PropsEvent("fill", "Created", ({"id": 1, "orderId": 5}, {"id": 4}))
+    assert isinstance(rejected, p.Rejected)
+    assert [r.reason for r in rejected.refused] == ["id is not an integer", "orderId outside signed 64-bit"]
+    assert [r.id for r in rejected.refused] == [None, 3]
+
+
+@pytest.mark.parametrize("entry", [{"id": True}, {"id": "1"}, {"id": 1.5}, {"id": None}, "x", 7, {"id": 2**63}])
 def test_snapshot_entity_ids_are_checked_by_the_codec(entry: object) -> None:
-    """The codec owns the entity-id check for snapshots too: an entry without an integer id is a ProtocolError."""
-    with pytest.raises(p.ProtocolError, match="positions entry without an integer id"):
-        list(syncmessage.snapshot_entities({"users": [{"id": 1}], "positions": [{"id": 2}, entry]}))
+    """The codec owns the entity-id check for snapshots too: an entry without a storable integer id is refused
+    (handed back with the reason) and the rest of the snapshot comes through."""
+    refused: list[Refusal] = []
+    data = {"users": [{"id": 1}], "positions": [{"id": 2}, entry, {"id": 4}]}
+    got = list(syncmessage.snapshot_entities(data, refused))
+    assert got == [("user", {"id": 1}), ("position", {"id": 2}), ("position", {"id": 4})]
+    assert [(r.entity_type, r.event_type) for r in refused] == [("position", "Snapshot")]
+
+
+def test_error_text_of_a_deep_error_body_is_bounded() -> None:
+    """An error response whose body nests 1000 deep (orjson reads it, cannot write it) still has a short error_text."""
+    raw = b'a[{"s":500,"i":0,"d":{"why":' + b"[" * 1000 + b"]" * 1000 + b"}}]"
+    frame = p.decode_frame(raw)
+    assert isinstance(frame, p.MessagesFrame)
+    (response,) = frame.messages
+    assert isinstance(response, p.Response)
+    assert response.error_text.startswith('{"why":[[[[') and len(response.error_text) <= 401
+
+
+def test_a_deep_snapshot_entity_is_found_through_the_frames_bracket_count() -> None:
+    """A 300-deep order in a snapshot frame: the response carries the frame's count and the order is refused;
+    a count that leaves no room for a deep entity skips the walk (the gate the hot path relies on)."""
+    deep = b"[" * 300 + b"]" * 300
+    raw = b'a[{"s":200,"i":1,"d":{"orders":[{"id":1},{"id":2,"t":' + deep + b"}]}}]"
+    frame = p.decode_frame(raw)
+    assert isinstance(frame, p.MessagesFrame)
+    (response,) = frame.messages
+    assert isinstance(response, p.Response) and response.nesting == 306
+    refused: list[Refusal] = []
+    assert [e["id"] for _, e in syncmessage.snapshot_entities(response.data, refused, response.nesting)] == [1]
+    assert [(r.id, r.reason) for r in refused] == [(2, "nested deeper than 253 levels")]
+    # 4 containers (d, orders, two orders) + 252 inside an entity cannot hide 253 levels: not walked.
+    walked: list[Refusal] = []
+    assert len(list(syncmessage.snapshot_entities(response.data, walked, 4 + 252))) == 2 and walked == []
+
+
+def test_a_deep_props_entity_in_a_long_frame_is_refused() -> None:
+    """Entities orjson reads but cannot write (255 and 1000 deep) are refused; a flat neighbour in the same
+    frame, and a system event, go on; a deep system payload is refused whole."""
+    def props(ident: int, depth: int) -> bytes:
+        text = b"[" * depth + b"]" * depth if depth else b"0"
+        return (b'{"e":"props","d":{"entityType":"order","eventType":"Updated","entity":{"id":%d,"t":' % ident
+                + text + b"}}}")
+    raw = (b"a[" + props(1, 0) + b"," + props(2, 255) + b"," + props(3, 1000) + b',{"e":"x","d":1},'
+           + b'{"e":"y","d":' + b"[" * 300 + b"]" * 300 + b"}]")
+    frame = p.decode_frame(raw)
+    assert isinstance(frame, p.MessagesFrame)
+    kinds = [type(m).__name__ for m in frame.messages]
+    assert kinds == ["PropsEvent", "Rejected", "Rejected", "SystemEvent", "Rejected"]
+    refused = [r for m in frame.messages if isinstance(m, p.Rejected) for r in m.refused]
+    assert [(r.entity_type, r.id, r.reason) for r in refused] == [
+        ("order", 2, "nested deeper than 253 levels"), ("order", 3, "nested deeper than 253 levels"),
+        ("y", None, "nested deeper than 253 levels")]

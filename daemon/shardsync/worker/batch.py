@@ -16,8 +16,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from shardsync.change import Change, Entity, Key, Origin
+from shardsync.clip import clip
 from shardsync.mirror import Mirror, MirrorError
-from shardsync.protocol import PropsEvent, SystemEvent
+from shardsync.protocol import PropsEvent, Rejected, SystemEvent
+from shardsync.ratelimit import LineLimiter, Throttled
 from shardsync.sinks import Freshness, Sink, SinkError, SinkState, open_sink
 from shardsync.worker.freshness import StatusRow, sink_state
 from shardsync.worker.options import WorkerOptions
@@ -50,6 +52,8 @@ class Batch:
         self._wall = wall
         self._vitals = vitals
         self.log = log
+        #: Lines a server can cause at will: one per kind per 10 s, with a count (ratelimit.py).
+        self._noise = Throttled(log, LineLimiter(clock))
         self._pending: list[Change] = []
         self._pending_since = 0.0
 
@@ -94,7 +98,8 @@ class Batch:
                 changes = mirror.diff_props(entity_type, event_type, event.entities, received_at=received_at)
             except MirrorError as exc:
                 # Kept as a system record so nothing is lost, and loudly.
-                self.log.warning("unusable_event_kept", error=str(exc), entity_type=entity_type)
+                self._noise.warning(f"unusable {clip(entity_type, 60)}", "unusable_event_kept", error=clip(str(exc)),
+                                    entity_type=clip(entity_type))
                 payload = {"entityType": entity_type, "eventType": event_type, "entity": list(event.entities)}
                 self.add([mirror.system("props", payload, received_at=received_at)])
                 return
@@ -102,9 +107,16 @@ class Batch:
             if changes:
                 self.add(changes)
             return
+        if type(event) is Rejected:
+            # Quarantine (quarantine.py): never applied; kept as origin "rejected", counted, logged.
+            self.add([mirror.rejected(refusal, received_at=received_at) for refusal in event.refused])
+            self._vitals.quarantined += len(event.refused)
+            for refusal in event.refused:
+                self._noise.warning(refusal.kind, "entity_quarantined", **refusal.describe())
+            return
         assert isinstance(event, SystemEvent)
         self.add([mirror.system(event.name, event.data, received_at=received_at)])
-        self.log.info("system_event", name=event.name)
+        self._noise.info(f"system {clip(event.name, 60)}", "system_event", name=clip(event.name))
 
     def reconcile(
         self,
@@ -143,6 +155,7 @@ class Batch:
         changes or ``flush_interval`` seconds of age; when the socket is
         quiet, the changes are committed at once.
         """
+        self._noise.flush()  # summaries of held log lines, once their interval is over
         if not self._pending:
             return False
         if len(self._pending) >= self._batch_max:

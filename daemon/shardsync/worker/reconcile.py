@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from shardsync import quarantine
 from shardsync.change import Origin
-from shardsync.protocol import PropsEvent, SystemEvent
+from shardsync.protocol import PropsEvent, Rejected, SystemEvent
 from shardsync.sinks import SinkState
 from shardsync.worker.batch import Batch
 from shardsync.worker.guard import DeletionGuard, Verdict
@@ -59,6 +60,10 @@ class Reconciler:
         mirror = batch.mirror
         origin: Origin = "resync" if mirror.snapshot_seen else "snapshot"
         snapshot = assembler.entities
+        # A refused snapshot entity keeps what the sink holds: refused is not deleted (quarantine.held).
+        refused = [refusal for event, _ in assembler.buffered if type(event) is Rejected for refusal in event.refused]
+        if kept := quarantine.held(refused, mirror.get, snapshot):
+            snapshot = {**snapshot, **kept}
         vanished = mirror.vanished(snapshot)
         entities = len(mirror)
         verdict = self.guard.judge(vanished, entities)
@@ -72,7 +77,8 @@ class Reconciler:
             self.apply = self._apply_held
             self.log.info("provisional_deletions_held", deletions=held, grace=self._grace, parts=assembler.parts)
         for event, event_received_at in assembler.buffered:
-            self.apply(event, event_received_at)
+            # A snapshot's own Rejected carries no time of its own: the snapshot's.
+            self.apply(event, event_received_at or received_at)
         if verdict.resync:
             # Creates and updates are true whatever the second snapshot says; the shard is not live yet.
             batch.commit()

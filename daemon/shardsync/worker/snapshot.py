@@ -23,7 +23,9 @@ entity, dropped if the session ends first.
 
 Props that arrive before completion are buffered and handed back in order,
 each with the time it was received, to be applied after the snapshot has been
-reconciled.  A same-id part arriving
+reconciled.  The entities of a part that the codec refused (quarantine) join
+the buffer as one ``Rejected``, with an empty receive time: the batch stamps
+them with the snapshot's.  A same-id part arriving
 after completion is "late" (:meth:`SnapshotAssembler.on_late`): the quiet
 rule fired too early, so the session resyncs with a doubled quiet period.
 
@@ -40,7 +42,8 @@ from typing import Any, Final, Literal
 
 from shardsync import syncmessage
 from shardsync.change import Key
-from shardsync.protocol import PropsEvent, ProtocolError, Response, SystemEvent
+from shardsync.protocol import PropsEvent, ProtocolError, Rejected, Response, SystemEvent
+from shardsync.quarantine import Refusal
 
 #: The quiet period never grows beyond this (a late part doubles it).
 MAX_QUIET: Final = 30.0
@@ -110,9 +113,12 @@ class SnapshotAssembler:
             return
         if response.data is None:
             raise ProtocolError("sync response without a body", b"")
-        for entity_type, entity in syncmessage.snapshot_entities(response.data):
+        refused: list[Refusal] = []
+        for entity_type, entity in syncmessage.snapshot_entities(response.data, refused, response.nesting):
             # The codec checked the id (syncmessage.snapshot_entities).
             self.entities[(entity_type, entity["id"])] = entity
+        if refused:  # quarantine: kept in the change log with the snapshot
+            self.buffered.append((Rejected(refused=tuple(refused)), ""))
         if not self.split:
             self._completed("single")
 
