@@ -23,5 +23,6 @@ admin API (same port as REST and WebSocket; https when --tls-cert/--tls-key are 
                           {"token": ..., "p-ticket": T}; syncrequest: "p-ticket" in the body)
     poison                {"kind": "deep"|"bigid"|"badtype", "remainder", "divisor", "in_snapshot"}
                           one order a correct client quarantines; cure removes them from snapshots
+    touch_users           {"count": N}: N user updates, which reach every shard
     pause, resume, step, mutate, inflate, malformed, replay, event, configure
 """
