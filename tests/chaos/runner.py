@@ -36,6 +36,9 @@ from .world import SECTIONS, World, judged_config
 CONVERGE: Final = 30.0
 #: Nothing changed this long while every shard says live: it will not converge.
 STUCK: Final = 8.0
+#: Converged means converged this long with the same workers and sockets: a worker killed a moment ago
+#: still looks live until the parent reaps it and the simulator reads its FIN.
+HOLD: Final = 1.0
 
 
 @dataclass
@@ -97,25 +100,43 @@ def converged_now(world: World, pending: frozenset[str]) -> tuple[bool, bool, di
     return same, all_live, states
 
 
-def converge(world: World, deadline: float, pending: frozenset[str]) -> bool:
-    """Poll until converged; False at the deadline, when the daemon died, or once it is stuck."""
+def _identity(world: World) -> tuple[object, ...]:
+    """Which workers and sockets serve the shards right now."""
+    pids = sorted(world.d.pids().items())
+    conns = sorted((r["remainder"], r["conn"]) for r in world.sim.subscriptions() if r["closed_at"] is None)
+    return (pids, conns)
+
+
+def converge(world: World, deadline: float, pending: frozenset[str]) -> float | None:
+    """Poll until converged for HOLD seconds: when that began (monotonic); None at the deadline, when the
+    daemon died, or once it is stuck."""
     mark: tuple[str, float] | None = None
+    held: tuple[tuple[object, ...], float] | None = None
     while True:
         daemon = world.d
         if daemon.proc is not None and daemon.proc.poll() is not None:
-            return False
+            return None
         done, all_live, states = converged_now(world, pending)
-        if done:
-            return True
         now = time.monotonic()
-        if now >= deadline:
-            return False
+        if done:
+            identity = _identity(world)
+            if held is None or held[0] != identity:
+                held = (identity, now)
+            elif now - held[1] >= HOLD:
+                return held[1]
+        else:
+            held = None
+        if now >= deadline + (HOLD if held else 0.0):
+            return None
+        if done:
+            time.sleep(0.2)
+            continue
         if all_live:
             seen = _fingerprint(world, states)
             if mark is None or mark[0] != seen:
                 mark = (seen, now)
             elif now - mark[1] >= STUCK:
-                return False
+                return None
         else:
             mark = None
         time.sleep(0.2)
@@ -161,10 +182,14 @@ def _kill_leftovers(world: World) -> None:
 
 
 def run(schedule: Schedule, *, variant: str | None = None, keep: bool = False, pending: frozenset[str] = PENDING,
-        say: Callable[[str], Any] | None = None) -> Result:
-    """Run ``schedule`` against a fresh simulator and daemon; the result holds every check's verdict."""
+        say: Callable[[str], Any] | None = None, base: Path | None = None) -> Result:
+    """Run ``schedule`` against a fresh simulator and daemon; the result holds every check's verdict.
+
+    The run's directory (under ``base``, default the system's temporary directory) is removed when every
+    check passed, unless ``keep``; a failed run's is kept for its logs and shard files.
+    """
     started = time.monotonic()
-    home = Path(tempfile.mkdtemp(prefix=f"chaos-{schedule.seed}-"))
+    home = Path(tempfile.mkdtemp(prefix=f"chaos-{schedule.seed}-", dir=base))
     result = Result(schedule, home=home, variant=variant)
     world = World(schedule, home, variant=variant)
     config = judged_config(schedule)
@@ -182,12 +207,13 @@ def run(schedule: Schedule, *, variant: str | None = None, keep: bool = False, p
         while time.time() < tail:  # a refusal window still running
             time.sleep(0.05)
         world.sim.pause()
-        quiesced = time.time()
+        quiesced, quiesced_mono = time.time(), time.monotonic()
         extra = max((e.started + QUOTA_SETTLE - quiesced for e in result.journal if e.settle == QUOTA_SETTLE),
                     default=0.0)
-        converged = converge(world, time.monotonic() + CONVERGE + max(0.0, extra), pending)
-        if converged:
-            result.converge_seconds = round(time.time() - quiesced, 3)
+        converged_at = converge(world, quiesced_mono + CONVERGE + max(0.0, extra), pending)
+        converged = converged_at is not None
+        if converged_at is not None:
+            result.converge_seconds = round(converged_at - quiesced_mono, 3)
         poll(lambda: not zombies(daemon.pid), 2.0)  # one just exiting is reaped on the parent's next pass
         seen = observe(world, began=began, quiesced=quiesced, converged=converged, zombie_pids=zombies(daemon.pid))
         seen.pending = pending
