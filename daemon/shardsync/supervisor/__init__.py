@@ -7,5 +7,6 @@
   ``reload`` (the planner), ``options`` (what a worker depends on).
 - ``login`` / ``authcall``: the one login, run in short-lived helper processes.
 - ``processes``: fork, pidfd, kill, waitpid in one injectable value (unit tests fake it).
-- ``status`` (model), ``metrics`` and ``httpd`` (the listener); ``notify`` (sd_notify); ``signals``.
+- ``status`` (model), ``metrics`` and ``httpd`` (the listener), ``tally`` (a shard's counters across
+  its workers); ``notify`` (sd_notify); ``signals``.
 """

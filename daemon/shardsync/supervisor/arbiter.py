@@ -266,11 +266,15 @@ class Arbiter:
             self.status_server = None
 
     def snapshot(self) -> StatusSnapshot:
-        now = self.clock()
+        now, wall = self.clock(), self.wall()
+        keeper = self.login.keeper
         return StatusSnapshot(
             pid=self.pid, started_at=self.started_wall, uptime=round(now - self.started, 3), ready=self.ready,
             divisor=self.settings.sync.divisor,
-            shards=self.table.statuses(now),
+            shards=self.table.statuses(now, wall),
+            token_expires_in=None if keeper.token is None or keeper.expires_at is None
+            else round(keeper.expires_at - wall, 3),
+            token_renew_margin=keeper.renew_margin,
         )
 
     def become_ready(self, ready: Ready) -> None:

@@ -3,18 +3,33 @@
 Every sample is built at scrape time from one :class:`StatusSnapshot`, so
 nothing accumulates per worker or per restart: no multiprocess mode, no
 metric objects that outlive a shard, no series left behind by a removed shard.
+Every shard has every per-shard series whatever its state (NaN where a value
+is not known yet), so a state change flips values instead of adding series.
+
+The parent's own ``process_*`` series come from prometheus_client's process
+collector (/proc/self); the workers' from their heartbeats.  README "Metrics"
+lists them all; deploy/prometheus/alerts.yml alerts on them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from shardsync import __version__, ipc
 from shardsync.ipc import ShardState
-from shardsync.supervisor.status import StatusSnapshot
+from shardsync.supervisor.status import ShardStatus, StatusSnapshot
 
 __all__ = ["CONTENT_TYPE", "KNOWN_STATES", "ShardCollector", "render"]
 
@@ -61,13 +76,105 @@ class ShardCollector(Collector):
             reconnects.add_metric([label], shard.reconnects)
             events.add_metric([label], shard.events)
             entities.add_metric([label], shard.entities)
-            if shard.last_heartbeat_age is not None:
-                age.add_metric([label], shard.last_heartbeat_age)
+            age.add_metric([label], _known(shard.last_heartbeat_age))
             parked.add_metric([label], 1.0 if shard.parked else 0.0)
         yield from (up, state, restarts, reconnects, events, entities, age, parked)
         yield GaugeMetricFamily("shardsync_shards_configured", "Shards this host runs", value=len(snap.shards))
         yield GaugeMetricFamily("shardsync_ready", "1 once READY=1 was sent", value=1.0 if snap.ready else 0.0)
         yield GaugeMetricFamily("shardsync_parent_uptime_seconds", "Seconds since the parent started", snap.uptime)
+        yield from worker_families(snap.shards)
+        yield from freshness_families(snap.shards)
+        yield from token_families(snap)
+        yield InfoMetricFamily("shardsync_build", "The running shardsync's version", value={"version": __version__})
+
+
+# --- worker processes, from their heartbeats ----------------------------------------------------
+
+
+def worker_families(shards: Iterable[ShardStatus]) -> Iterable[Metric]:
+    """Each shard's worker process: memory and fds of the current one (0 while none runs), CPU of all."""
+    rss = GaugeMetricFamily("shardsync_worker_resident_memory_bytes",
+                            "Resident memory of the shard's worker process (0 while none runs)", labels=["shard"])
+    cpu = CounterMetricFamily("shardsync_worker_cpu_seconds_total",
+                              "User and system CPU seconds of the shard's worker processes since the daemon started",
+                              labels=["shard"])
+    fds = GaugeMetricFamily("shardsync_worker_open_fds",
+                            "Open file descriptors of the shard's worker process (0 while none runs)", labels=["shard"])
+    for shard in shards:
+        label = [str(shard.remainder)]
+        rss.add_metric(label, shard.rss_bytes)
+        cpu.add_metric(label, shard.counts.cpu_seconds)
+        fds.add_metric(label, shard.open_fds)
+    return rss, cpu, fds
+
+
+# --- data freshness and the sink, per shard -------------------------------------------------------
+
+
+def freshness_families(shards: Iterable[ShardStatus]) -> Iterable[Metric]:
+    """Ages of the last frame and commit, snapshot duration, commit latency and the data-quality counters."""
+    event_age = GaugeMetricFamily(
+        "shardsync_shard_last_event_age_seconds",
+        "Seconds since the shard last received a frame from the server (from when the daemon took it on, if none)",
+        labels=["shard"])
+    commit_age = GaugeMetricFamily(
+        "shardsync_shard_last_commit_age_seconds",
+        "Seconds since the shard last committed a batch to its sink (from when the daemon took it on, if none)",
+        labels=["shard"])
+    snapshot = GaugeMetricFamily(
+        "shardsync_shard_snapshot_duration_seconds",
+        "Seconds from syncrequest to live of the shard's last (re)sync (NaN before the first)", labels=["shard"])
+    latency = HistogramMetricFamily(
+        "shardsync_shard_commit_duration_seconds",
+        "Sink commit latency of the shard's batches, summed over its workers since the daemon started",
+        labels=["shard"])
+    quarantined = CounterMetricFamily(
+        "shardsync_shard_quarantined_total", "Entities refused as unstorable (logged as rejected)", labels=["shard"])
+    unattributed = CounterMetricFamily(
+        "shardsync_shard_unattributed_total", "Changes whose account could not be found through their parent",
+        labels=["shard"])
+    sink_errors = CounterMetricFamily(
+        "shardsync_shard_sink_errors_total", "Sink writes that failed (each ends the session; the next resyncs)",
+        labels=["shard"])
+    for shard in shards:
+        label = [str(shard.remainder)]
+        counts = shard.counts
+        event_age.add_metric(label, _known(shard.last_event_age))
+        commit_age.add_metric(label, _known(shard.last_commit_age))
+        snapshot.add_metric(label, _known(shard.snapshot_seconds))
+        bounds = [*(_le(b) for b in ipc.COMMIT_BUCKETS), "+Inf"]
+        latency.add_metric(label, list(zip(bounds, map(float, counts.commits), strict=True)), counts.commit_seconds)
+        quarantined.add_metric(label, counts.quarantined)
+        unattributed.add_metric(label, counts.unattributed)
+        sink_errors.add_metric(label, counts.sink_errors)
+    return event_age, commit_age, snapshot, latency, quarantined, unattributed, sink_errors
+
+
+# --- the parent's token -----------------------------------------------------------------------------
+
+
+def token_families(snap: StatusSnapshot) -> Iterable[Metric]:
+    """Seconds the parent's token has left (0 when it holds none or it expired) and its renewal margin."""
+    left = max(0.0, snap.token_expires_in or 0.0)
+    yield GaugeMetricFamily("shardsync_token_expiry_seconds",
+                            "Seconds until the parent's access token expires (0: none held, or expired)", value=left)
+    yield GaugeMetricFamily("shardsync_token_renew_margin_seconds",
+                            "The token is renewed this many seconds before it expires",
+                            value=_known(snap.token_renew_margin))
+
+
+def _known(value: float | None) -> float:
+    """NaN for a value not known yet: the series stays, and no comparison in an alert holds for it."""
+    return math.nan if value is None else value
+
+
+def _le(bound: float) -> str:
+    # Prometheus' own spelling of bucket bounds ("0.005", "1.0", "10.0"), as prometheus_client writes them.
+    return repr(float(bound))
+
+
+#: The parent's own process_* series (memory, CPU, fds, start time), read from /proc/self per scrape.
+_PROCESS = ProcessCollector(registry=None)
 
 
 def render(provider: Callable[[], StatusSnapshot]) -> bytes:
@@ -75,4 +182,5 @@ def render(provider: Callable[[], StatusSnapshot]) -> bytes:
     # A throwaway registry per scrape: nothing global, nothing to unregister on reload.
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ShardCollector(provider))
+    registry.register(_PROCESS)
     return generate_latest(registry)

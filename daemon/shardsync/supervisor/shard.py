@@ -20,6 +20,7 @@ from shardsync.ipc import ShardState
 from shardsync.supervisor.processes import Launch, Processes
 from shardsync.supervisor.reload import Row, Then
 from shardsync.supervisor.status import ShardStatus
+from shardsync.supervisor.tally import Tally
 from shardsync.worker.options import WorkerOptions
 
 #: A selector key's handler: called with the ready mask.
@@ -54,6 +55,14 @@ class Shard:
     then: Then = Then.POLICY
     last_error: str | None = None
     events_per_s: float = 0.0
+    # For /metrics, kept across this shard's workers: counters, and the latest wall-clock times
+    # any worker reported (ages are counted from ``taken_wall``, when the parent took the shard on,
+    # until one does).
+    tally: Tally = field(default_factory=Tally, repr=False)
+    taken_wall: float = 0.0
+    last_event_at: float | None = None
+    last_commit_at: float | None = None
+    snapshot_seconds: float | None = None
     _rate_mark: tuple[float, int] | None = field(default=None, repr=False)
 
     @property
@@ -88,6 +97,7 @@ class Shard:
         os.set_blocking(out_r, False)
         os.set_blocking(inbox_w, False)
         self.pid = pid
+        self.tally.next_worker()
         self.inbox_w = inbox_w
         self.outbox = ipc.Reader(out_r)
         self.started_at = now
@@ -122,8 +132,8 @@ class Shard:
     def stopping(self) -> bool:
         return self.stop_requested or self.hung
 
-    def status(self, now: float) -> ShardStatus:
-        """This shard's line of /status at ``now``."""
+    def status(self, now: float, wall: float) -> ShardStatus:
+        """This shard's line of /status at ``now`` (the loop's clock) and ``wall`` (epoch seconds)."""
         beat = self.beat
         return ShardStatus(
             remainder=self.remainder,
@@ -140,6 +150,12 @@ class Shard:
             last_error=self.last_error,
             next_restart_in=None if self.running or self.next_start_at is None
             else round(max(0.0, self.next_start_at - now), 3),
+            rss_bytes=beat.rss_bytes if beat else 0,
+            open_fds=beat.open_fds if beat else 0,
+            last_event_age=_age(wall, self.last_event_at, self.taken_wall),
+            last_commit_age=_age(wall, self.last_commit_at, self.taken_wall),
+            snapshot_seconds=self.snapshot_seconds,
+            counts=self.tally.total,
         )
 
     def on_beat(self, beat: ipc.Heartbeat, now: float) -> None:
@@ -149,6 +165,11 @@ class Shard:
             self.ever_live = True
         if beat.last_error:
             self.last_error = beat.last_error
+        self.tally.beat(beat)
+        self.last_event_at = _latest(self.last_event_at, beat.last_event_at)
+        self.last_commit_at = _latest(self.last_commit_at, beat.last_commit_at)
+        if beat.snapshot_seconds is not None:
+            self.snapshot_seconds = beat.snapshot_seconds
         # events/s over at least one second, so bursts of state-change beats
         # don't make the rate jitter.
         if self._rate_mark is None or beat.events < self._rate_mark[1]:
@@ -203,6 +224,15 @@ class Shard:
         self.signal(signal.SIGTERM)
         deadline = now + grace
         self.kill_at = deadline if self.kill_at is None else min(self.kill_at, deadline)
+
+
+def _latest(known: float | None, reported: float | None) -> float | None:
+    return known if reported is None or (known is not None and known >= reported) else reported
+
+
+def _age(wall: float, at: float | None, since: float) -> float:
+    # A wall clock stepped back gives 0, not a negative age.
+    return round(max(0.0, wall - (since if at is None else at)), 3)
 
 
 def _unregister(selector: selectors.BaseSelector, fd: int) -> None:

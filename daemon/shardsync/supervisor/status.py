@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import orjson
 
 from shardsync.ipc import ShardState
 from shardsync.secrets import redact_text
+from shardsync.supervisor.tally import Counts
 
 __all__ = ["LIVE", "ShardStatus", "StatusSnapshot", "render_healthz", "render_status", "status_line", "summarize"]
 
@@ -43,6 +44,16 @@ class ShardStatus:
     reconnects: int = 0
     last_error: str | None = None
     next_restart_in: float | None = None
+    # --- for /metrics: the worker process, data freshness, commit latency -------------------
+    # rss/fds are the current worker's (0 while none runs); the counts are summed over every
+    # worker the shard had (supervisor/tally.py); ages are wall-clock seconds at the snapshot,
+    # counted from when the parent took the shard on if no worker reported one yet.
+    rss_bytes: int = 0
+    open_fds: int = 0
+    last_event_age: float | None = None
+    last_commit_age: float | None = None
+    snapshot_seconds: float | None = None  # syncrequest to live, of the shard's last (re)sync
+    counts: Counts = field(default_factory=Counts)
 
     @property
     def live(self) -> bool:
@@ -60,6 +71,9 @@ class StatusSnapshot:
     ready: bool
     divisor: int
     shards: tuple[ShardStatus, ...] = ()
+    # --- for /metrics: the parent's token (seconds; None while it holds none) ----------------
+    token_expires_in: float | None = None
+    token_renew_margin: float | None = None  # renewed this long before it expires
 
     def summary(self) -> dict[str, int]:
         """Shards per state (a parked shard counts as parked), always with live/backoff/parked."""

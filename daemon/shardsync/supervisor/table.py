@@ -91,8 +91,8 @@ class ShardTable:
         # Runs on every pass of the loop: counts only, not a whole snapshot.
         return status_line(summarize((s.state, s.parked) for s in self.shards.values()))
 
-    def statuses(self, now: float) -> tuple[ShardStatus, ...]:
-        return tuple(s.status(now) for s in sorted(self.shards.values(), key=lambda s: s.remainder))
+    def statuses(self, now: float, wall: float) -> tuple[ShardStatus, ...]:
+        return tuple(s.status(now, wall) for s in sorted(self.shards.values(), key=lambda s: s.remainder))
 
     # --- workers ---------------------------------------------------------------------
 
@@ -100,6 +100,7 @@ class ShardTable:
         """A new shard; its worker is forked from the loop (RestartsDue), a few per pass."""
         shard = Shard(remainder, options, self.procs)
         shard.next_start_at = self.clock()
+        shard.taken_wall = self.wall()
         self.shards[remainder] = shard
         return shard
 

@@ -173,6 +173,7 @@ class TokenKeeper:
         self._urgent = False  # a worker's 401 already triggered a renewal of this token
         self._state = "logging_in"  # what we are waiting for: ok|penalty|captcha|locked|failed|fatal
         self._last_error: str | None = None
+        self._margin = renew_before
 
     # -- queries -----------------------------------------------------------------------------
     @property
@@ -183,6 +184,11 @@ class TokenKeeper:
     def valid(self, now: float) -> bool:
         """A token is held and has not expired."""
         return self.token is not None and self.expires_at is not None and now < self.expires_at
+
+    @property
+    def renew_margin(self) -> float:
+        """How long before its expiry the current token is renewed (``renew_before`` while none is held)."""
+        return self._margin if self.token is not None else self.renew_before
 
     def due(self, now: float) -> Action | None:
         """The call to start now, if any (None while one is in flight or before its time)."""
@@ -302,7 +308,8 @@ class TokenKeeper:
             return TokenChanged(token, expires_at)
         self._failures = 0
         self._last_error = None
-        self._schedule(DoRenew(token), expires_at - min(self.renew_before, lifetime / 2), "ok")
+        self._margin = min(self.renew_before, lifetime / 2)
+        self._schedule(DoRenew(token), expires_at - self._margin, "ok")
         return TokenChanged(token, expires_at)
 
     def _failed(self, action: Action, reason: str, now: float) -> Event:
