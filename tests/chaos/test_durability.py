@@ -31,7 +31,7 @@ from shardsync.simulator import Simulator
 
 from . import sinkread
 
-KILLS = 6
+KILLS = 5
 BURST = 6000
 #: A write() torn by a crash (power loss, a kill inside a long write): planted once, in the first round.
 TORN = b'{"seq":999999999,"origin":"live","entityType":"ord'
