@@ -15,6 +15,7 @@ reachable the same ways (``POST /admin/<knob>``, ``Simulator.<knob>(...)``):
   entity at all (every collection empty), though the truth is unchanged: a server's bad answer.
 * ``purge(entity_types, remainder, divisor, expression)``: delete every entity of those types the
   shard holds (published live to open sockets): a real mass deletion.
+* ``touch_users(count)``: user-level changes, which reach every shard (the chaos campaign's stream).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import orjson
 
 from shardsync.simulator import poison as poisons
 from shardsync.simulator.faults import select_sessions
-from shardsync.simulator.generator import Generator
+from shardsync.simulator.generator import Generator, iso
 from shardsync.simulator.options import EXPRESSIONS, SimOptions
 from shardsync.simulator.session import WsSession
 from shardsync.simulator.truth import PLURALS, Mutation, Scope, Shard, Truth
@@ -128,6 +129,19 @@ class Activity:
         changes = self.generator.inflate(self._accounts(remainder, divisor, expression), count, text_bytes)
         self.publish(changes)
         return len(changes)
+
+    def touch_users(self, count: int = 1) -> list[Mutation]:
+        """Update ``count`` random users (a fresh ``timestamp``); user-level entities reach every shard under
+        ``reference_routing=all`` (remainder 0 only under ``zero``)."""
+        if count < 1:
+            raise ValueError("count must be >= 1")
+        users = sorted(self.truth.entities["user"])
+        changes = []
+        for _ in range(count):
+            user = self.truth.entities["user"][self.generator.rng.choice(users)]
+            changes.append(self.truth.upsert("user", {**user, "timestamp": iso(self.generator.clock())}))
+        self.publish(changes)
+        return changes
 
     # -- odd frames -------------------------------------------------------------------
     def malformed(self, kind: str, remainder: int | None = None, divisor: int | None = None,

@@ -219,6 +219,10 @@ class Simulator:
                      remainder: int | None = None, divisor: int | None = None) -> int:
         return self.call(lambda s: s.system_event(name, data, remainder, divisor))
 
+    def touch_users(self, count: int = 1) -> list[Mutation]:
+        """Update ``count`` users now: changes every shard receives (``reference_routing=all``)."""
+        return self.call(lambda s: s.touch_users(count))
+
     def configure(self, **changes: Any) -> None:
         self.call(lambda s: s.configure(**changes))
         self.options = replace(self.options, **changes)

@@ -25,5 +25,6 @@ admin API (same port as REST and WebSocket; https when --tls-cert/--tls-key are 
                           one order a correct client quarantines; cure removes them from snapshots
     blank_snapshot        {"count": N, "remainder", "divisor"}: the next N snapshots of that shard are empty
     purge                 {"entity_types": [...], "remainder", "divisor"}: delete all of those in the shard
+    touch_users           {"count": N}: N user updates, which reach every shard
     pause, resume, step, mutate, inflate, malformed, replay, event, configure
 """
