@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from collections import Counter
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "daemon" / "shardsync"
@@ -140,3 +141,10 @@ def test_only_the_cli_imports_the_simulator() -> None:
     allowed = {"simulator", *SIMULATOR_IMPORTERS}
     bad = [f"{a} -> {b}" for a, b, pa, pb in edges() if pb == "simulator" and pa not in allowed]
     assert not bad, bad
+
+
+def test_test_modules_have_unique_names() -> None:
+    """No two test modules share a file name: pytest (rootdir imports, no packages) refuses to collect the second."""
+    tests = Path(__file__).resolve().parents[1]
+    names = Counter(path.name for path in tests.rglob("test_*.py"))
+    assert not [name for name, count in names.items() if count > 1]

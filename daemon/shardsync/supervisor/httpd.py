@@ -42,6 +42,8 @@ WRITE_TIMEOUT: Final = 5.0
 MAX_CONNECTIONS: Final = 64
 ACCEPT_PAUSE: Final = 1.0
 _ACCEPT_BATCH: Final = 32
+#: The kernel caps it at net.core.somaxconn (4096 on Debian 12).
+LISTEN_BACKLOG: Final = 1024
 
 _log = get_logger("shardsync.status")
 
@@ -110,7 +112,10 @@ class StatusServer:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
-            sock.listen(64)
+            # A burst of idle connects must not fill the kernel's accept queue: a scrape's handshake
+            # behind a full queue is dropped and retried only after a second. Accepted, the oldest
+            # idle client makes room (MAX_CONNECTIONS).
+            sock.listen(LISTEN_BACKLOG)
             sock.setblocking(False)
         except BaseException:
             sock.close()
