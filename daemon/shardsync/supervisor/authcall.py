@@ -8,11 +8,9 @@ and :func:`outcome_from_json`.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import orjson
 
@@ -20,91 +18,51 @@ from shardsync import auth
 from shardsync.auth import Captcha, Failed, Grant, Locked, Outcome, Refused, Ticket, Unauthorized
 from shardsync.config import Settings
 from shardsync.credentials import Credentials
-from shardsync.prctl import set_pdeathsig
 from shardsync.secrets import register_secret
+from shardsync.supervisor.helper import HelperCall, fork_helper
 from shardsync.supervisor.tokens import Action, DoLogin, DoRenew
-from shardsync.worker.boot import close_inherited
 
 
-class AuthCall:
+class AuthCall(HelperCall):
     """A forked child doing one ``Action``; the parent reads its outcome from ``fd``."""
 
     def __init__(
         self, action: Action, pid: int, fd: int, deadline: float, *, kill: Callable[[int, int], None] = os.kill
     ) -> None:
+        super().__init__(pid, fd, deadline, kill=kill)
         self.action = action
-        self.pid = pid
-        self.fd = fd
-        self.deadline = deadline
-        self._data = bytearray()
-        self._kill = kill
         self.exited = False
 
     @classmethod
     def start(cls, action: Action, settings: Settings, credentials: Credentials, now: float) -> AuthCall:
         timeout = settings.tradovate.handshake_timeout
-        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
-        if pid == 0:
-            _child(action, settings, credentials, write_fd, timeout)
-        os.close(write_fd)
-        os.set_blocking(read_fd, False)
+        pid, read_fd = fork_helper(lambda: outcome_to_json(_call(action, settings, credentials, timeout)))
         # Twice the HTTP timeout: DNS, connect and read each have their own.
         return cls(action, pid, read_fd, now + 2 * timeout + 5)
 
     def read(self) -> Outcome | None:
         """Drain the pipe; the outcome once the child closed it, else None."""
-        while True:
-            try:
-                chunk = os.read(self.fd, 65536)
-            except BlockingIOError:
-                return None
-            if not chunk:
-                break
-            self._data += chunk
-        if not self._data:
+        data = self.drain()
+        if data is None:
+            return None
+        if not data:
             return Failed("login helper exited without an answer")
         try:
-            return outcome_from_json(bytes(self._data))
+            return outcome_from_json(data)
         except ValueError as exc:
             return Failed(f"login helper answer unreadable: {exc}")
 
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self._kill(self.pid, signal.SIGKILL)
 
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-
-
-def _child(action: Action, settings: Settings, credentials: Credentials, fd: int, timeout: float) -> NoReturn:
-    code = 0
-    try:
-        set_pdeathsig(signal.SIGKILL)
-        close_inherited({fd})
-        for sig in (signal.SIGHUP, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
-        t = settings.tradovate
-        outcome: Outcome
-        if isinstance(action, DoRenew):
-            outcome = auth.renew_token(t.rest_url, action.token, timeout=timeout, ca_file=t.ca_file)
-        else:
-            assert isinstance(action, DoLogin)
-            outcome = auth.request_token(
-                t.rest_url, credentials, app_id=t.app_id, app_version=t.app_version, cid=t.cid,
-                device_id=t.device_id, ticket=action.ticket, timeout=timeout, ca_file=t.ca_file,
-            )
-        data = outcome_to_json(outcome)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    except BaseException:
-        code = 1
-    finally:
-        os._exit(code)
+def _call(action: Action, settings: Settings, credentials: Credentials, timeout: float) -> Outcome:
+    """The blocking REST call, in the helper."""
+    t = settings.tradovate
+    if isinstance(action, DoRenew):
+        return auth.renew_token(t.rest_url, action.token, timeout=timeout, ca_file=t.ca_file)
+    assert isinstance(action, DoLogin)
+    return auth.request_token(
+        t.rest_url, credentials, app_id=t.app_id, app_version=t.app_version, cid=t.cid,
+        device_id=t.device_id, ticket=action.ticket, timeout=timeout, ca_file=t.ca_file,
+    )
 
 
 def outcome_to_json(outcome: Outcome) -> bytes:

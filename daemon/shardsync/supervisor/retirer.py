@@ -12,16 +12,15 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
-import signal
 from collections.abc import Callable, Iterable
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 import orjson
 
 from shardsync.clip import clip
 from shardsync.config import Settings
 from shardsync.logs import get_logger
-from shardsync.prctl import set_pdeathsig
+from shardsync.supervisor.helper import HelperCall, fork_helper
 from shardsync.supervisor.retire import RetireJob, still_stale
 
 __all__ = ["RETIRE_DEADLINE", "RetireCall", "Retirer", "retire_all"]
@@ -44,71 +43,29 @@ def retire_all(jobs: Iterable[RetireJob]) -> list[dict[str, Any]]:
     return results
 
 
-class RetireCall:
+class RetireCall(HelperCall):
     """A helper running some jobs; the parent reads their results from ``fd``."""
 
     def __init__(self, jobs: list[RetireJob], pid: int, fd: int, deadline: float,
                  *, kill: Callable[[int, int], None] = os.kill) -> None:
+        super().__init__(pid, fd, deadline, kill=kill)
         self.jobs = jobs
-        self.pid = pid
-        self.fd = fd
-        self.deadline = deadline
-        self._data = bytearray()
-        self._kill = kill
 
     @classmethod
     def start(cls, jobs: list[RetireJob], now: float) -> RetireCall:
-        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
-        if pid == 0:
-            _child(jobs, write_fd)
-        os.close(write_fd)
-        os.set_blocking(read_fd, False)
+        pid, read_fd = fork_helper(lambda: orjson.dumps(retire_all(jobs)))
         return cls(jobs, pid, read_fd, now + RETIRE_DEADLINE)
 
     def read(self) -> list[dict[str, Any]] | None:
         """Drain the pipe; the results once the helper closed it (an empty list if it died first), else None."""
-        while True:
-            try:
-                chunk = os.read(self.fd, 65536)
-            except BlockingIOError:
-                return None
-            if not chunk:
-                break
-            self._data += chunk
+        data = self.drain()
+        if data is None:
+            return None
         try:
-            results = orjson.loads(bytes(self._data))
+            results = orjson.loads(data)
         except orjson.JSONDecodeError:
             return []
         return results if isinstance(results, list) else []
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self._kill(self.pid, signal.SIGKILL)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-
-
-def _child(jobs: list[RetireJob], fd: int) -> NoReturn:
-    code = 0
-    try:
-        from shardsync.worker.boot import close_inherited
-
-        set_pdeathsig(signal.SIGKILL)
-        close_inherited({fd})
-        for sig in (signal.SIGHUP, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
-        view = memoryview(orjson.dumps(retire_all(jobs)))
-        while view:
-            view = view[os.write(fd, view):]
-    except BaseException:
-        code = 1
-    finally:
-        os._exit(code)
 
 
 class Retirer:
