@@ -177,12 +177,16 @@ def test_a_silent_socket_is_cut_off_after_idle_timeout() -> None:
 
 
 def test_the_client_heartbeat_is_sent_when_due(rig: Rig) -> None:
-    """Once HEARTBEAT_INTERVAL has passed, the pass sends the client's "[]" (a masked text frame) first."""
+    """A quarter second before HEARTBEAT_INTERVAL has passed (not earlier), the pass sends the client's "[]"
+    (a masked text frame) first, so a pass that ends late still keeps the server's 2.5 s cadence."""
     rig.server.setblocking(False)
+    rig.receiver.read(100, rig.clock())
+    rig.offset += protocol.HEARTBEAT_INTERVAL - 0.3
+    rig.vitals.last_frame_at = rig.clock()  # not idle
     rig.receiver.read(100, rig.clock())
     with pytest.raises(BlockingIOError):
         rig.server.recv(64)
-    rig.offset += protocol.HEARTBEAT_INTERVAL
+    rig.offset += 0.05
     rig.vitals.last_frame_at = rig.clock()  # not idle
     rig.receiver.read(100, rig.clock())
     sent = rig.server.recv(64)
