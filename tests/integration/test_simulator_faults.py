@@ -236,3 +236,20 @@ def test_stamp_events_puts_ts_on_live_props(sim_factory: Factory, stamp: bool) -
     else:
         assert all(set(x) == {"e", "d"} for x in got)
     assert all("ts" not in json.loads(r[1:])[0] for r in client.raw if r.startswith(b'a[{"s"'))
+
+
+@pytest.mark.parametrize("entity_list", ["never", "always"])
+def test_stamp_entities_puts_ts_into_copies_of_live_entities(sim_factory: Factory, entity_list: str) -> None:
+    """With stamp_entities every live props entity (object or list) carries "ts" (epoch seconds at writing)
+    while the truth's own entities and the snapshot do not."""
+    sim = sim_factory(stamp_entities=True, entity_list=entity_list)
+    client, snapshot = snapshot_of(sim, sync_body())
+    assert all("ts" not in entity for entity in snapshot.values())
+    before = time.time()
+    changes = sim.step(4)
+    got = client.messages(lambda m: len(m) >= len(changes))
+    after = time.time()
+    entities = [e for x in got for e in (x["d"]["entity"] if entity_list == "always" else [x["d"]["entity"]])]
+    assert entities and all(before <= e["ts"] <= after for e in entities)
+    assert all("ts" not in x for x in got)  # stamp_events is a switch of its own
+    assert all("ts" not in entity for entity in sim.truth().values())

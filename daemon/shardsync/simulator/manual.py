@@ -23,5 +23,9 @@ admin API (same port as REST and WebSocket; https when --tls-cert/--tls-key are 
                           {"token": ..., "p-ticket": T}; syncrequest: "p-ticket" in the body)
     poison                {"kind": "deep"|"bigid"|"badtype", "remainder", "divisor", "in_snapshot"}
                           one order a correct client quarantines; cure removes them from snapshots
+    grow                  {"orders": N, "text_bytes": B, "remainder", "divisor"}: N working orders
+                          (4 entities each) at once, sent to nobody live (big snapshots)
+    churn                 {"updates": U, "deletions": D, "creations": C, "remainder", "divisor"}:
+                          U orders flip status, D command reports go, C orders come; published
     pause, resume, step, mutate, inflate, malformed, replay, event, configure
 """

@@ -31,6 +31,16 @@ _TICK = 0.02
 _CLOSE_GRACE = 2.0  # seconds a client gets to answer our close frame before the TCP abort
 
 
+def _stamped(data: dict[str, Any], now: float) -> dict[str, Any]:
+    """``data`` with ``"ts": now`` in copies of its entity (or entities): the truth's own are shared."""
+    entity = data.get("entity")
+    if isinstance(entity, list):
+        stamped: Any = [dict(e, ts=now) if isinstance(e, dict) else e for e in entity]
+    else:
+        stamped = dict(entity, ts=now) if isinstance(entity, dict) else entity
+    return dict(data, entity=stamped)
+
+
 class WsSession:
     """Protocol state of one socket: authorization, its syncrequest scope, outbound batching, faults."""
 
@@ -307,12 +317,17 @@ class WsSession:
             self.send_messages(pending[start:start + batch])
 
     def send_messages(self, messages: list[dict[str, Any]], completes_snapshot: bool = False) -> None:
-        """Frame ``messages`` as one ``a[...]`` and send it; props get their ``ts`` now (``stamp_events``)."""
-        if self.hub.options.stamp_events:
+        """Frame ``messages`` as one ``a[...]`` and send it; props get their ``ts`` now (``stamp_events``,
+        ``stamp_entities``)."""
+        options = self.hub.options
+        if options.stamp_events or options.stamp_entities:
             now = time.time()
             for message in messages:
                 if message.get("e") == "props":
-                    message["ts"] = now
+                    if options.stamp_events:
+                        message["ts"] = now
+                    if options.stamp_entities:
+                        message["d"] = _stamped(message["d"], now)
         self.send_raw(wire.frame(messages))
         if completes_snapshot and self.subscription is not None and not self.closed:
             self.hub.records.snapshot_sent(self.subscription)
