@@ -31,16 +31,6 @@ _TICK = 0.02
 _CLOSE_GRACE = 2.0  # seconds a client gets to answer our close frame before the TCP abort
 
 
-def _stamped(data: dict[str, Any], now: float) -> dict[str, Any]:
-    """``data`` with ``"ts": now`` in copies of its entity (or entities): the truth's own are shared."""
-    entity = data.get("entity")
-    if isinstance(entity, list):
-        stamped: Any = [dict(e, ts=now) if isinstance(e, dict) else e for e in entity]
-    else:
-        stamped = dict(entity, ts=now) if isinstance(entity, dict) else entity
-    return dict(data, entity=stamped)
-
-
 class WsSession:
     """Protocol state of one socket: authorization, its syncrequest scope, outbound batching, faults."""
 
@@ -327,7 +317,7 @@ class WsSession:
                     if options.stamp_events:
                         message["ts"] = now
                     if options.stamp_entities:
-                        message["d"] = _stamped(message["d"], now)
+                        message["d"] = wire.stamped(message["d"], now)
         self.send_raw(wire.frame(messages))
         if completes_snapshot and self.subscription is not None and not self.closed:
             self.hub.records.snapshot_sent(self.subscription)
