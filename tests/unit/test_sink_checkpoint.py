@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import struct
 import threading
 import time
 from pathlib import Path
@@ -205,12 +206,15 @@ def test_a_waiting_checkpointer_gets_the_gate_within_one_transaction() -> None:
 
 def test_a_stalled_checkpoint_holds_the_writer_at_twice_the_bound(tmp_path: Path) -> None:
     """While a round is stuck (a PASSIVE copy behind a slow disk, here 0.3 s), commits that find the WAL
-    past twice its bound wait for the round instead of growing the WAL without end."""
+    past twice its bound wait for the round instead of growing the WAL without end (twice over)."""
     bound = 2 * MIB
+
+    stalls = [2]
 
     class Slow(Checkpointer):
         def _checkpoint(self, conn: sqlite3.Connection, wanted: str) -> tuple[int, int, int] | None:
-            if wanted == "PASSIVE":
+            if wanted == "PASSIVE" and stalls[0]:
+                stalls[0] -= 1
                 time.sleep(0.3)
             return super()._checkpoint(conn, wanted)
 
@@ -226,3 +230,27 @@ def test_a_stalled_checkpoint_holds_the_writer_at_twice_the_bound(tmp_path: Path
         assert sink.checkpointer is not None
         assert peak < 2 * bound + 2 * 1.4 * MIB, (peak, sink.checkpointer.stats)
         assert sink.checkpointer.stats.truncate > 0
+
+
+def test_a_paced_stream_restarts_the_wal_between_two_commits(tmp_path: Path) -> None:
+    """Under commits every 5 ms (never idle), rounds finish with a pass started as a commit ends and done
+    before the next, so the WAL keeps starting over without the writer being held for it."""
+
+    def checkpointer(file: str) -> Checkpointer:
+        return Checkpointer(file, interval=0.05, idle=0.5, max_wal_bytes=1 << 40)
+
+    with SqliteSink(str(tmp_path), remainder=0, divisor=1, checkpoints=checkpointer) as sink:
+        assert sink.checkpointer is not None
+        stats = sink.checkpointer.stats
+        wal = Path(sink.file + "-wal")
+        started = time.monotonic()
+        number = 0
+        while time.monotonic() - started < 1.5:
+            sink.write(batch(number, size=3))
+            number += 1
+            time.sleep(0.005)
+        # The WAL header's checkpoint sequence number counts the times the log started over.
+        restarts = struct.unpack(">I", wal.read_bytes()[12:16])[0]
+        assert restarts >= 5, (restarts, number, stats)
+        # Without the passes timed after a commit, every round not finished by luck takes the gate.
+        assert stats.aligned > 0 and stats.gated < stats.aligned, stats
