@@ -14,8 +14,8 @@ import pytest
 from polling import wait_until
 from shardsync.change import Change
 from shardsync.sinks import open_sink
-from shardsync.sinks.sqlite import SqliteSink, retire
-from shardsync.sinks.sqlite_checkpoint import Checkpointer, Gate
+from shardsync.sinks.sqlite import FALLBACK_CHECKPOINT_PAGES, SqliteSink, retire
+from shardsync.sinks.sqlite_checkpoint import Checkpointer, Gate, Outcome
 
 PADDING = "x" * 1500
 MIB = 1 << 20
@@ -254,3 +254,42 @@ def test_a_paced_stream_restarts_the_wal_between_two_commits(tmp_path: Path) -> 
         assert restarts >= 5, (restarts, number, stats)
         # Without the passes timed after a commit, every round not finished by luck takes the gate.
         assert stats.aligned > 0 and stats.gated < stats.aligned, stats
+
+
+def test_without_its_thread_the_sink_falls_back_to_sqlites_own_checkpoints(tmp_path: Path) -> None:
+    """If the checkpointer's thread cannot start (or ends), the next commit turns SQLite's automatic
+    checkpoint back on, so the WAL is still bounded, and the commit itself succeeds."""
+
+    class Unstartable(Checkpointer):
+        def start(self) -> None:
+            raise RuntimeError("can't start new thread")
+
+    with SqliteSink(str(tmp_path), remainder=0, divisor=1, checkpoints=Unstartable) as sink:
+        sink.write(batch(0, size=3))
+        assert sink._connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == FALLBACK_CHECKPOINT_PAGES
+        assert sink._connection().execute("SELECT count(*) FROM events").fetchone()[0] == 3
+
+
+def test_an_unexpected_error_in_a_round_is_counted_and_checkpoints_go_on(tmp_path: Path) -> None:
+    """A round that raises something other than an sqlite error (a bug, an OS error) is counted with its
+    error; the thread reconnects and the next round checkpoints."""
+    calls = {"n": 0}
+
+    class Buggy(Checkpointer):
+        def _round(self, conn: sqlite3.Connection, seen: int) -> tuple[Outcome, int]:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise ValueError("a bug")
+            return super()._round(conn, seen)
+
+    def checkpointer(file: str) -> Checkpointer:
+        return Buggy(file, interval=0.01, idle=0.01)
+
+    with SqliteSink(str(tmp_path), remainder=0, divisor=1, checkpoints=checkpointer) as sink:
+        sink.write(batch(0, size=10))
+        assert sink.checkpointer is not None
+        stats = sink.checkpointer.stats
+        wait_until(lambda: stats.failed == 1 and stats.passive >= 1, 10, "the error counted, then a checkpoint")
+        assert stats.last_error == "ValueError: a bug"
+        assert sink.checkpointer.running
+        assert sink._connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0

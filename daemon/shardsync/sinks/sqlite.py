@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from shardsync.change import Change
+from shardsync.logs import get_logger
 from shardsync.sinks import sqlite_schema
 from shardsync.sinks.base import (
     PRUNE_BATCH,
@@ -68,6 +69,11 @@ PRUNE = (
 #: Builds the checkpointer of a shard file (None: no checkpoints until close).
 Checkpoints = Callable[[str], Checkpointer] | None
 
+#: SQLite's automatic checkpoint interval (pages) if the checkpointer thread is lost.
+FALLBACK_CHECKPOINT_PAGES = 4096
+
+log = get_logger("shardsync.sink")
+
 #: Milliseconds to wait for a reader's lock (e.g. an operator's sqlite3 shell
 #: holding a checkpoint) before failing the batch; the worker then retries.
 BUSY_TIMEOUT_MS = 5000
@@ -89,6 +95,7 @@ class SqliteSink(Sink):
         self.checkpointer = None if checkpoints is None else checkpoints(self.file)
         # Held around each write transaction (a TRUNCATE checkpoint holds it to keep the writer off).
         self._gate = Gate() if self.checkpointer is None else self.checkpointer.gate
+        self._fallback = False
         ensure_dir("sqlite", path)
         # The lock lives in a sidecar because SQLite itself takes POSIX locks on
         # the database file; an flock there would work on Linux but mixing the
@@ -219,13 +226,25 @@ class SqliteSink(Sink):
     def _writing(self) -> Gate:
         """The gate to hold around a write transaction, starting the checkpointer with the first one."""
         if self.checkpointer is not None and not self.checkpointer.started:
-            self.checkpointer.start()
+            try:
+                self.checkpointer.start()
+            except RuntimeError as exc:  # no thread to be had: _wrote falls back
+                log.error("sqlite_checkpointer_not_started", file=self.file, error=str(exc))
         return self._gate
 
     def _wrote(self) -> None:
         # After a failed transaction too: a rollback may leave frames behind.
-        if self.checkpointer is not None:
-            self.checkpointer.committed()
+        checkpointer = self.checkpointer
+        if checkpointer is None:
+            return
+        checkpointer.committed()
+        if not checkpointer.running and not self._fallback and self._conn is not None:
+            # The thread could not start or is gone: SQLite's own checkpoints,
+            # inside commits, still beat a WAL that grows without end.
+            self._fallback = True
+            log.error("sqlite_checkpointer_gone", file=self.file, fallback_pages=FALLBACK_CHECKPOINT_PAGES)
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute(f"PRAGMA wal_autocheckpoint = {FALLBACK_CHECKPOINT_PAGES}")
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         try:

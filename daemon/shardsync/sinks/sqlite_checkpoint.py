@@ -238,7 +238,14 @@ class Checkpointer:
                     if conn is None:
                         incomplete = True
                         continue
-                outcome, seen = self._round(conn, seen)
+                try:
+                    outcome, seen = self._round(conn, seen)
+                except Exception as exc:  # a bug or an OS error must not end the checkpoints
+                    self._failed(f"{type(exc).__name__}: {exc}")
+                    outcome = Outcome.INCOMPLETE
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.close()
+                    conn = None
                 incomplete = outcome is not Outcome.COMPLETE
                 if not incomplete:
                     self._copied_through = seen
@@ -254,10 +261,15 @@ class Checkpointer:
     def _connect(self) -> sqlite3.Connection | None:
         try:
             conn = sqlite3.connect(self.file, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            self._failed(f"cannot open {self.file}: {exc}")
+            return None
+        try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_ms)}")
             # It never writes; this only keeps a stray statement from checkpointing inline.
             conn.execute("PRAGMA wal_autocheckpoint = 0")
         except sqlite3.Error as exc:
+            conn.close()
             self._failed(f"cannot open {self.file}: {exc}")
             return None
         return conn
@@ -359,7 +371,8 @@ class Checkpointer:
         self.stats.last_error = error
 
     def _wal_bytes(self) -> int:
+        # Never raises: the writer calls it after its commit, which must not look failed.
         try:
             return os.stat(self.file + "-wal").st_size
-        except FileNotFoundError:
+        except OSError:
             return 0
