@@ -128,8 +128,8 @@ def test_a_reader_holding_a_snapshot_delays_the_bound_but_never_a_commit(tmp_pat
 
 
 def test_the_thread_starts_with_the_first_batch_and_stops_on_close(tmp_path: Path) -> None:
-    """Opening, loading and marking start no thread (the parent retires shards this way); the first batch
-    starts the checkpointer, close stops it."""
+    """Opening and loading start no thread, nor does retiring a shard (the parent does it, and it writes a
+    status row: retire() opens the sink without a checkpointer); the first batch starts one, close stops it."""
     sink = open_sink("sqlite", path=str(tmp_path), remainder=0, divisor=1)
     try:
         list(sink.load())
