@@ -6,6 +6,7 @@ yields the maintenance database's DSN, ``pg_dsn`` a new empty database.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -27,12 +28,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[str]:
-    """A private server on a unix socket only; yields a DSN for its maintenance database."""
+class ServerError(RuntimeError):
+    """The throwaway server could not be set up (binaries missing, initdb or pg_ctl failed)."""
+
+
+@contextlib.contextmanager
+def throwaway_server() -> Iterator[str]:
+    """A private server on a unix socket only, removed afterwards; yields a DSN for its maintenance database.
+
+    bench/throughput.py runs one too; ``pg_server`` is this as a session fixture.
+    """
     for tool in ("initdb", "pg_ctl", "postgres"):
         if not (PG_BIN / tool).exists():
-            pytest.fail(f"PostgreSQL binaries missing: {PG_BIN / tool} (install postgresql-15 or set SHARDSYNC_PG_BIN)")
+            raise ServerError(f"PostgreSQL binaries missing: {PG_BIN / tool} (install postgresql-15 or set "
+                              "SHARDSYNC_PG_BIN)")
     # initdb refuses to run as root; under root the server runs as the postgres user.
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     # Directly under /tmp: short enough for the socket path, traversable by postgres.
@@ -46,16 +55,28 @@ def pg_server() -> Iterator[str]:
         if done.returncode != 0:
             log = base / "log"
             tail = log.read_text()[-2000:] if log.exists() else ""
-            pytest.fail(f"{argv[0]} failed ({done.returncode}): {done.stderr or done.stdout}\n{tail}")
+            raise ServerError(f"{argv[0]} failed ({done.returncode}): {done.stderr or done.stdout}\n{tail}")
 
-    run(str(PG_BIN / "initdb"), "-D", str(data), "-U", "shardsync", "-A", "trust", "-E", "UTF8", "--no-sync")
-    options = f"-k {base} -p {port} -c listen_addresses='' -c fsync=off"
-    run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-o", options, "start")
     try:
-        yield f"host={base} port={port} user=shardsync dbname=postgres"
+        run(str(PG_BIN / "initdb"), "-D", str(data), "-U", "shardsync", "-A", "trust", "-E", "UTF8", "--no-sync")
+        options = f"-k {base} -p {port} -c listen_addresses='' -c fsync=off"
+        run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-o", options, "start")
+        try:
+            yield f"host={base} port={port} user=shardsync dbname=postgres"
+        finally:
+            run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
     finally:
-        run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """A private server on a unix socket only; yields a DSN for its maintenance database."""
+    try:
+        with throwaway_server() as dsn:
+            yield dsn
+    except ServerError as exc:
+        pytest.fail(str(exc))
 
 
 _databases = itertools.count()

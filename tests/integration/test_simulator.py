@@ -493,6 +493,37 @@ def test_inflated_snapshot_exceeds_one_mib(sim_server: Simulator) -> None:
     assert snapshot == sim_server.truth(2, 0, "modAccountId", ALL_TYPES)
 
 
+def test_grow_adds_orders_to_one_shard_and_sends_nothing_live(sim_server: Simulator) -> None:
+    """grow adds 4 entities per order to that shard's truth only, sends nothing to a synced socket,
+    and the next snapshot carries them."""
+    watcher, _ = snapshot_of(sim_server, sync_body(2, 0))
+    other_before = sim_server.truth(2, 1, "modAccountId", ALL_TYPES)
+    before = sim_server.truth(2, 0, "modAccountId", ALL_TYPES)
+    assert sim_server.grow(300, text_bytes=40, remainder=0, divisor=2) == 1200
+    after = sim_server.truth(2, 0, "modAccountId", ALL_TYPES)
+    assert len(after) == len(before) + 1200
+    assert sim_server.truth(2, 1, "modAccountId", ALL_TYPES) == other_before
+    grown = [e for k, e in after.items() if k[0] == "orderVersion" and k not in before]
+    assert len(grown) == 300 and all(e["text"] == "x" * 40 for e in grown)
+    sim_server.system_event("Marker", {"id": 1}, remainder=0, divisor=2)
+    assert watcher.messages(bool)[0]["e"] == "Marker"  # nothing live came before it
+    _, snapshot = snapshot_of(sim_server, sync_body(2, 0))
+    assert snapshot == after
+
+
+def test_churn_changes_one_shard_and_publishes_it(sim_server: Simulator) -> None:
+    """churn flips orders, deletes command reports and adds orders in that shard; a synced socket that
+    applies what it is sent ends up equal to the truth."""
+    sim_server.grow(100, remainder=0, divisor=2)
+    client, mirror = snapshot_of(sim_server, sync_body(2, 0))
+    counts = sim_server.churn(30, deletions=5, creations=2, remainder=0, divisor=2)
+    assert counts == {"changes": 30 + 5 + 8, "Updated": 30, "Deleted": 5, "Created": 8}
+    apply(mirror, client.messages(lambda m: len(m) >= counts["changes"]))
+    assert mirror == sim_server.truth(2, 0, "modAccountId", ALL_TYPES)
+    with pytest.raises(ValueError, match="command reports"):
+        sim_server.churn(1, deletions=10**6, remainder=0, divisor=2)
+
+
 def test_ws_429_on_syncrequest(sim_server: Simulator) -> None:
     """ws429 answers the next syncrequest with {"s":429,"i":id} and no d; the following one is served."""
     sim_server.ws429(1)

@@ -282,3 +282,20 @@ def test_purge_deletes_every_entity_of_the_types_in_one_shard(sim_server: Simula
     assert {(m["d"]["entityType"], m["d"]["entity"]["id"]) for m in got if m.get("e") == "props"} == orders
     history = sim_server.history()
     assert all(history[key][-1][1] is not None for key in orders)
+
+
+@pytest.mark.parametrize("entity_list", ["never", "always"])
+def test_stamp_entities_puts_ts_into_copies_of_live_entities(sim_factory: Factory, entity_list: str) -> None:
+    """With stamp_entities every live props entity (object or list) carries "ts" (epoch seconds at writing)
+    while the truth's own entities and the snapshot do not."""
+    sim = sim_factory(stamp_entities=True, entity_list=entity_list)
+    client, snapshot = snapshot_of(sim, sync_body())
+    assert all("ts" not in entity for entity in snapshot.values())
+    before = time.time()
+    changes = sim.step(4)
+    got = client.messages(lambda m: len(m) >= len(changes))
+    after = time.time()
+    entities = [e for x in got for e in (x["d"]["entity"] if entity_list == "always" else [x["d"]["entity"]])]
+    assert entities and all(before <= e["ts"] <= after for e in entities)
+    assert all("ts" not in x for x in got)  # stamp_events is a switch of its own
+    assert all("ts" not in entity for entity in sim.truth().values())

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from polling import wait_until
 from shardsync.change import Change, account_id_of
 from shardsync.sinks import SinkError, open_sink, shard_file_name
 from shardsync.sinks import jsonl as jsonl_module
@@ -326,24 +327,25 @@ def test_sqlite_synchronous_is_normal(directory: Path) -> None:
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
 
 
-def test_sqlite_checkpoints_every_16_mib_of_wal_and_keeps_it_bounded(directory: Path) -> None:
-    """The WAL is checkpointed every 4096 pages (not SQLite's 1000), so it stays near 16 MiB under a long stream."""
-    from shardsync.sinks.sqlite import WAL_CHECKPOINT_PAGES
+def test_sqlite_checkpoints_off_the_commit_path_by_default(directory: Path) -> None:
+    """The default sink turns SQLite's automatic checkpoints off and its own checkpointer thread, with the
+    default bound, copies the WAL once the writes pause (tests/unit/test_sink_checkpoint.py has the rest)."""
+    from shardsync.sinks.sqlite_checkpoint import MAX_WAL_BYTES
 
     padding = "x" * 1500
     with open_("sqlite", directory) as sink:
         assert isinstance(sink, SqliteSink)
-        assert sink._connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == WAL_CHECKPOINT_PAGES
-        wal = Path(sink.file + "-wal")
-        peak = 0
-        for batch in range(60):
+        assert sink._connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        for batch in range(10):
             sink.write([
                 Change("live", "order", "Updated", n, {"id": n, "accountId": 1, "note": padding}, "t")
                 for n in range(batch * 400, batch * 400 + 400)
             ])
-            peak = max(peak, wal.stat().st_size)
-    # Over 60 MiB went through the log; at 1000 pages it would never pass 4 MiB.
-    assert 4 << 20 < peak < (WAL_CHECKPOINT_PAGES * 4096) + (4 << 20), peak
+        checkpointer = sink.checkpointer
+        assert checkpointer is not None and checkpointer.running
+        assert checkpointer.max_wal_bytes == MAX_WAL_BYTES
+        wait_until(lambda: checkpointer.stats.passive > 0, 10, "a checkpoint once the writes pause")
+        assert checkpointer.stats.failed == 0, checkpointer.stats
 
 
 def rows(directory: Path, query: str) -> list[tuple[Any, ...]]:

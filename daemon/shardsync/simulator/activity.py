@@ -6,6 +6,8 @@ reachable the same ways (``POST /admin/<knob>``, ``Simulator.<knob>(...)``):
 * ``pause``/``resume`` the generator; ``step(count)`` runs generator steps now.
 * ``mutate(count, remainder, divisor, expression, deletions)``: changes to one shard.
 * ``inflate(count, text_bytes, ...)``: padded orders so the next snapshot is large.
+* ``grow(orders, text_bytes, ...)``, ``churn(updates, deletions, creations, ...)``: the same in bulk
+  for million-entity shards, and a share of such a shard changed at once (:mod:`.bulk`).
 * ``malformed(kind, ...)``: one broken frame (``truncated``, ``not_array``, ``bad_utf8``,
   ``unknown_letter``) or a ``huge`` valid one of ``size_mib``.
 * ``replay(count, ...)``: the last live props of each socket sent again.
@@ -20,10 +22,12 @@ reachable the same ways (``POST /admin/<knob>``, ``Simulator.<knob>(...)``):
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
 
+from shardsync.simulator import bulk
 from shardsync.simulator import poison as poisons
 from shardsync.simulator.faults import select_sessions
 from shardsync.simulator.generator import Generator, iso
@@ -142,6 +146,22 @@ class Activity:
             changes.append(self.truth.upsert("user", {**user, "timestamp": iso(self.generator.clock())}))
         self.publish(changes)
         return changes
+
+    def grow(self, orders: int, text_bytes: int = 0, remainder: int | None = None, divisor: int = 1,
+             expression: str = "modAccountId") -> int:
+        """Add ``orders`` working orders (4 entities each) to one shard at once, sent to nobody live
+        (:mod:`.bulk`: a 1M-entity snapshot in seconds); returns the entities added."""
+        accounts = self._accounts(remainder, divisor, expression)
+        return bulk.grow(self.truth, accounts, orders, now=time.time(), text_bytes=text_bytes)
+
+    def churn(self, updates: int, *, deletions: int = 0, creations: int = 0, remainder: int | None = None,
+              divisor: int = 1, expression: str = "modAccountId") -> dict[str, Any]:
+        """Change one shard's orders in bulk (:func:`.bulk.churn`) and publish it; returns the counts."""
+        accounts = self._accounts(remainder, divisor, expression)
+        changes = bulk.churn(self.truth, accounts, self.generator.rng, now=time.time(), updates=updates,
+                             deletions=deletions, creations=creations)
+        self.publish(changes)
+        return bulk.describe(changes)
 
     # -- odd frames -------------------------------------------------------------------
     def malformed(self, kind: str, remainder: int | None = None, divisor: int | None = None,

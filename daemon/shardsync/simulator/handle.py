@@ -175,6 +175,17 @@ class Simulator:
                 expression: str = "modAccountId") -> int:
         return self.call(lambda s: s.inflate(count, text_bytes, remainder, divisor, expression))
 
+    def grow(self, orders: int, text_bytes: int = 0, remainder: int | None = None, divisor: int = 1,
+             expression: str = "modAccountId") -> int:
+        """``orders`` working orders (4 entities each) added to one shard at once, sent to nobody live."""
+        return self.call(lambda s: s.grow(orders, text_bytes, remainder, divisor, expression))
+
+    def churn(self, updates: int, *, deletions: int = 0, creations: int = 0, remainder: int | None = None,
+              divisor: int = 1, expression: str = "modAccountId") -> dict[str, Any]:
+        """Flip ``updates`` orders, delete ``deletions`` command reports, add ``creations`` orders; published."""
+        return self.call(lambda s: s.churn(updates, deletions=deletions, creations=creations, remainder=remainder,
+                                           divisor=divisor, expression=expression))
+
     def malformed(self, kind: str, remainder: int | None = None, divisor: int | None = None,
                   size_mib: float = 1.0) -> int:
         return self.call(lambda s: s.malformed(kind, remainder, divisor, size_mib))

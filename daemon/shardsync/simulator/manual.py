@@ -26,5 +26,9 @@ admin API (same port as REST and WebSocket; https when --tls-cert/--tls-key are 
     blank_snapshot        {"count": N, "remainder", "divisor"}: the next N snapshots of that shard are empty
     purge                 {"entity_types": [...], "remainder", "divisor"}: delete all of those in the shard
     touch_users           {"count": N}: N user updates, which reach every shard
+    grow                  {"orders": N, "text_bytes": B, "remainder", "divisor"}: N working orders
+                          (4 entities each) at once, sent to nobody live (big snapshots)
+    churn                 {"updates": U, "deletions": D, "creations": C, "remainder", "divisor"}:
+                          U orders flip status, D command reports go, C orders come; published
     pause, resume, step, mutate, inflate, malformed, replay, event, configure
 """

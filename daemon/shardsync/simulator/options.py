@@ -6,7 +6,8 @@ Fidelity switches for behaviour Tradovate leaves undocumented (tradovate-protoco
 the 31 SyncMessage collections as an array, or only non-empty ones), ``eviction`` (what
 the renewal of a session evicted by the session cap answers), ``client_idle_timeout``,
 ``split_delay``/``split_end``. Transport: ``tls_cert``/``tls_key`` serve everything over
-TLS on the one port. Measurement: ``stamp_events`` adds ``"ts"`` to live props.
+TLS on the one port. Measurement: ``stamp_events`` adds ``"ts"`` to live props,
+``stamp_entities`` to their entities (bench/latency.py reads it back from the sink).
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ class SimOptions:
     close_on_revoke: bool = _opt(False, "close sockets authorized with a token when it is revoked")
     max_message_size: int = _opt(128 * 1024 * 1024, "largest inbound WebSocket message in bytes")
     stamp_events: bool = _opt(False, 'add "ts": <epoch seconds> to every live props message as it is written')
+    stamp_entities: bool = _opt(
+        False, 'the same "ts" inside (a copy of) every live props entity, so it reaches a sink\'s rows'
+    )
     tls_cert: str = _opt("", "PEM certificate (chain) file: serve REST, WebSocket and admin over TLS")
     tls_key: str = _opt("", "PEM private key file of tls_cert")
 

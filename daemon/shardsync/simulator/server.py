@@ -45,8 +45,8 @@ _BODY_LIMIT = 1024 * 1024
 _EVICTION_STATUS = {"revoke401": 401, "http408": 408, "http502": 502}
 _KNOBS = (
     "drop", "reset", "close", "shutdown", "revoke", "stall", "unstall", "refuse", "pause", "resume", "mutate",
-    "step", "malformed", "inflate", "ws429", "penalty", "socket_penalty", "lockout", "event", "replay",
-    "poison", "cure", "configure", "blank_snapshot", "purge", "touch_users",
+    "step", "malformed", "inflate", "grow", "churn", "ws429", "penalty", "socket_penalty", "lockout", "event",
+    "replay", "poison", "cure", "configure", "blank_snapshot", "purge", "touch_users",
 )  # fmt: skip
 _KNOB_METHODS = {"close": "close_frame", "event": "system_event"}
 

@@ -310,12 +310,17 @@ class WsSession:
             self.send_messages(pending[start:start + batch])
 
     def send_messages(self, messages: list[dict[str, Any]], completes_snapshot: bool = False) -> None:
-        """Frame ``messages`` as one ``a[...]`` and send it; props get their ``ts`` now (``stamp_events``)."""
-        if self.hub.options.stamp_events:
+        """Frame ``messages`` as one ``a[...]`` and send it; props get their ``ts`` now (``stamp_events``,
+        ``stamp_entities``)."""
+        options = self.hub.options
+        if options.stamp_events or options.stamp_entities:
             now = time.time()
             for message in messages:
                 if message.get("e") == "props":
-                    message["ts"] = now
+                    if options.stamp_events:
+                        message["ts"] = now
+                    if options.stamp_entities:
+                        message["d"] = wire.stamped(message["d"], now)
         self.send_raw(wire.frame(messages))
         if completes_snapshot and self.subscription is not None and not self.closed:
             self.hub.records.snapshot_sent(self.subscription)

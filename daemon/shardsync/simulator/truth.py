@@ -142,6 +142,13 @@ class Truth:
         self._owners[(entity_type, entity_id)] = owner
         return Mutation(entity_type, event, entity, owner[0], owner[1])
 
+    def add_unpublished(self, entity_type: str, entity: Entity, account_id: int | None, user_id: int | None) -> None:
+        """Store a new entity whose owners the caller knows (:mod:`.bulk`): no lookup, no Mutation made."""
+        entity_id = entity["id"]
+        self.entities[entity_type][entity_id] = entity
+        self.history.created((entity_type, entity_id))
+        self._owners[(entity_type, entity_id)] = (account_id, user_id)
+
     def delete(self, entity_type: str, entity_id: int) -> Mutation | None:
         entity = self.entities[entity_type].pop(entity_id, None)
         if entity is None:

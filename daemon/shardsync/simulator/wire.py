@@ -198,3 +198,13 @@ def snapshot_messages(request_id: int, chunks: list[dict[str, list[Entity]]], sp
     elif split_end == "flag":
         messages.append(response(request_id, 200, {"done": True}))
     return messages
+
+
+def stamped(data: dict[str, Any], now: float) -> dict[str, Any]:
+    """``data`` with ``"ts": now`` in copies of its entity (or entities): the truth's own are shared."""
+    entity = data.get("entity")
+    if isinstance(entity, list):
+        copies: Any = [dict(e, ts=now) if isinstance(e, dict) else e for e in entity]
+    else:
+        copies = dict(entity, ts=now) if isinstance(entity, dict) else entity
+    return dict(data, entity=copies)

@@ -6,8 +6,9 @@ validates ``[sink] kind`` and the key it needs against this table, and
 :func:`open_sink` imports the module only when the kind is chosen (psycopg is
 an optional extra, and a worker loads only its own sink).
 
-Modules: ``base`` (the Sink contract, Freshness/SinkState, batch rows), ``sqlite`` and
-``sqlite_schema``, ``jsonl`` with ``jsonl_files`` (segments, rotation) and ``jsonl_upgrade``,
+Modules: ``base`` (the Sink contract, Freshness/SinkState, batch rows), ``sqlite`` with
+``sqlite_schema`` and ``sqlite_checkpoint`` (WAL checkpoints off the commit path), ``jsonl``
+with ``jsonl_files`` (segments, rotation) and ``jsonl_upgrade``,
 ``postgres`` and ``postgres_schema`` (per-shard seq, NOTIFY), ``attribution`` (account ids of
 older rows at upgrade), ``retired`` (moving a no-longer-owned shard's files aside).
 """

@@ -2,8 +2,9 @@
 
 Durability: ``journal_mode=WAL`` with ``synchronous=NORMAL``. A commit appends
 the transaction to the WAL with ``write()``; the WAL is fsynced at checkpoints,
-not at each commit. Once ``write()`` has returned the data sits in the kernel's
-page cache, so it survives any crash of this process (SIGKILL included), which
+not at each commit, and checkpoints never run inside a commit: the sink's
+checkpointer thread (``sqlite_checkpoint``) does them. Once ``write()`` has
+returned the data sits in the kernel's page cache, so it survives any crash of this process (SIGKILL included), which
 is the failure model the worker and supervisor are built for. Only an OS crash
 or power loss can lose the last commits, and even then the database stays
 consistent; the worker's resync on start then restores what the server has.
@@ -15,12 +16,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import orjson
 
 from shardsync.change import Change
+from shardsync.logs import get_logger
 from shardsync.sinks import sqlite_schema
 from shardsync.sinks.base import (
     PRUNE_BATCH,
@@ -39,6 +41,7 @@ from shardsync.sinks.base import (
     shard_file_name,
 )
 from shardsync.sinks.retired import move_to_retired
+from shardsync.sinks.sqlite_checkpoint import Checkpointer, Gate
 
 UPSERT = (
     "INSERT INTO entities (entity_type, id, account_id, data, updated_at) VALUES (?, ?, ?, ?, ?) "
@@ -64,13 +67,13 @@ PRUNE = (
     "AND seq < (SELECT max(seq) FROM events)"
 )
 
-#: WAL pages between automatic checkpoints (SQLite's default is 1000, 4 MiB).
-#: Each checkpoint fsyncs and copies every page changed since the last one;
-#: under a sustained stream the same entity and index pages change again and
-#: again, so a longer interval copies each of them once instead of many times
-#: (bench/throughput.py: about 2 us less per change).  The WAL file stays
-#: under ~16 MiB per shard.
-WAL_CHECKPOINT_PAGES = 4096
+#: Builds the checkpointer of a shard file (None: no checkpoints until close).
+Checkpoints = Callable[[str], Checkpointer] | None
+
+#: SQLite's automatic checkpoint interval (pages) if the checkpointer thread is lost.
+FALLBACK_CHECKPOINT_PAGES = 4096
+
+log = get_logger("shardsync.sink")
 
 #: Milliseconds to wait for a reader's lock (e.g. an operator's sqlite3 shell
 #: holding a checkpoint) before failing the batch; the worker then retries.
@@ -85,9 +88,15 @@ class SqliteSink(Sink):
     order is commit order and a reader polling ``seq > last`` misses nothing.
     """
 
-    def __init__(self, path: str, *, remainder: int, divisor: int) -> None:
+    def __init__(self, path: str, *, remainder: int, divisor: int, checkpoints: Checkpoints = Checkpointer) -> None:
         self.remainder, self.divisor = remainder, divisor
         self.file = os.path.join(path, shard_file_name(remainder, divisor, "sqlite3"))
+        #: Its thread is started by the first write, in the process that writes (a worker is forked
+        #: without threads, and the parent opens sinks only to retire them).
+        self.checkpointer = None if checkpoints is None else checkpoints(self.file)
+        # Held around each write transaction (a TRUNCATE checkpoint holds it to keep the writer off).
+        self._gate = Gate() if self.checkpointer is None else self.checkpointer.gate
+        self._fallback = False
         ensure_dir("sqlite", path)
         # The lock lives in a sidecar because SQLite itself takes POSIX locks on
         # the database file; an flock there would work on Linux but mixing the
@@ -124,7 +133,9 @@ class SqliteSink(Sink):
             if mode != "wal":
                 raise SinkError(f"sqlite sink: {self.file}: cannot enable WAL (got {mode})")
             conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
+            # SQLite's automatic checkpoint runs inside the commit that crosses
+            # its threshold (tens of ms at the p99); the checkpointer copies instead.
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
             sqlite_schema.prepare(conn, self.file)
         except sqlite3.Error as exc:
             conn.close()
@@ -168,26 +179,33 @@ class SqliteSink(Sink):
         # Serialising first means a bad entity fails the batch before any SQL runs.
         runs, events = self._rows(changes)
         conn = self._connection()
+        gate = self._writing()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for statement, rows in runs:
-                conn.executemany(statement, rows)
-            conn.executemany(APPEND, events)
-            if freshness is not None:
-                conn.execute(STATUS, freshness.row())
-            conn.execute("COMMIT")
+            with gate:
+                conn.execute("BEGIN IMMEDIATE")
+                for statement, rows in runs:
+                    conn.executemany(statement, rows)
+                conn.executemany(APPEND, events)
+                if freshness is not None:
+                    conn.execute(STATUS, freshness.row())
+                conn.execute("COMMIT")
         except Exception as exc:
             self._rollback(conn)
             raise SinkError(f"sqlite sink: {self.file}: batch of {len(changes)} not written: {exc}") from exc
+        finally:
+            self._wrote()
 
     def mark(self, freshness: Freshness) -> None:
         self.check_freshness(freshness)
         conn = self._connection()
         try:
-            conn.execute(STATUS, freshness.row())
+            with self._writing():
+                conn.execute(STATUS, freshness.row())
         except sqlite3.Error as exc:
             self._rollback(conn)
             raise SinkError(f"sqlite sink: {self.file}: status not written: {exc}") from exc
+        finally:
+            self._wrote()
 
     def status(self) -> Freshness | None:
         """The file's status row, if one was written."""
@@ -203,11 +221,37 @@ class SqliteSink(Sink):
             return 0
         conn = self._connection()
         try:
-            removed = conn.execute(PRUNE, (before, limit)).rowcount
+            with self._writing():
+                removed = conn.execute(PRUNE, (before, limit)).rowcount
         except sqlite3.Error as exc:
             self._rollback(conn)
             raise SinkError(f"sqlite sink: {self.file}: prune failed: {exc}") from exc
+        finally:
+            self._wrote()
         return max(0, removed)
+
+    def _writing(self) -> Gate:
+        """The gate to hold around a write transaction, starting the checkpointer with the first one."""
+        if self.checkpointer is not None and not self.checkpointer.started:
+            try:
+                self.checkpointer.start()
+            except RuntimeError as exc:  # no thread to be had: _wrote falls back
+                log.error("sqlite_checkpointer_not_started", file=self.file, error=str(exc))
+        return self._gate
+
+    def _wrote(self) -> None:
+        # After a failed transaction too: a rollback may leave frames behind.
+        checkpointer = self.checkpointer
+        if checkpointer is None:
+            return
+        checkpointer.committed()
+        if not checkpointer.running and not self._fallback and self._conn is not None:
+            # The thread could not start or is gone: SQLite's own checkpoints,
+            # inside commits, still beat a WAL that grows without end.
+            self._fallback = True
+            log.error("sqlite_checkpointer_gone", file=self.file, fallback_pages=FALLBACK_CHECKPOINT_PAGES)
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute(f"PRAGMA wal_autocheckpoint = {FALLBACK_CHECKPOINT_PAGES}")
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         try:
@@ -226,6 +270,10 @@ class SqliteSink(Sink):
         return batch_rows("sqlite", self.file, changes, upsert=UPSERT, delete=DELETE)
 
     def close(self) -> None:
+        checkpointer = getattr(self, "checkpointer", None)
+        if checkpointer is not None:
+            # Before the connection closes: the last connection's close copies the WAL itself.
+            checkpointer.stop()
         conn, self._conn = getattr(self, "_conn", None), None
         if conn is not None:
             with contextlib.suppress(sqlite3.Error):
@@ -246,7 +294,9 @@ def retire(path: str, *, remainder: int, divisor: int) -> str | None:
     name = shard_file_name(remainder, divisor, "sqlite3")
     if not os.path.exists(os.path.join(path, name)):
         return None
-    sink = SqliteSink(path, remainder=remainder, divisor=divisor)
+    # No checkpointer: the parent retires shards and must stay single-threaded;
+    # closing the connection below copies the WAL into the file.
+    sink = SqliteSink(path, remainder=remainder, divisor=divisor, checkpoints=None)
     try:
         sink.mark(retired_status(sink.status(), remainder, divisor))
         conn, sink._conn = sink._conn, None
