@@ -115,8 +115,9 @@ class Arbiter:
 
     @property
     def shards(self) -> dict[int, Shard]:
-        """The shard table by remainder."""
-        return self.table.shards
+        """The configured divisor's shards by remainder (``table.shards`` has every divisor's)."""
+        divisor = self.settings.sync.divisor
+        return {key.remainder: s for key, s in self.table.shards.items() if key.divisor == divisor}
 
     # --- the loop ---------------------------------------------------------------
 
@@ -147,7 +148,7 @@ class Arbiter:
             "supervisor_started", divisor=self.settings.sync.divisor,
             remainders=list(self.settings.sync.remainders), pid=self.pid,
         )
-        self.table.policy.set_shards(self.settings.sync.remainders)
+        self.table.policy.set_shards(self.table.wanted())
         options = worker_options(self.settings)
         for remainder in self.settings.sync.remainders:
             self.table.add(remainder, options)

@@ -59,6 +59,8 @@ class ShardStatus:
     parked_reason: str | None = None
     #: Requests of this shard the server refused (``Rejected``) since the daemon started.
     rejections: int = 0
+    #: The shard's divisor: two run side by side while resharding (0: the snapshot's).
+    divisor: int = 0
 
     @property
     def live(self) -> bool:
@@ -111,6 +113,7 @@ def render_status(snap: StatusSnapshot) -> bytes:
     shards = [
         {
             "remainder": s.remainder,
+            "divisor": s.divisor or snap.divisor,
             "state": s.state,
             "pid": s.pid,
             "uptime": _seconds(s.uptime),
@@ -138,10 +141,18 @@ def render_status(snap: StatusSnapshot) -> bytes:
         "shards": shards,
     }
     if snap.budget is not None:
-        doc["budget"] = {**snap.budget, "text": _text(snap.budget.get("text"))}
+        parked = [_key_label(k, snap.divisor) for k in snap.budget.get("parked") or ()]
+        doc["budget"] = {**snap.budget, "text": _text(snap.budget.get("text")), "parked": parked}
     if snap.login is not None:
         doc["login"] = {**snap.login, "last_error": _text(snap.login.get("last_error"))}
     return orjson.dumps(doc)
+
+
+def _key_label(key: object, divisor: int) -> object:
+    """A budget-parked shard for /status: its remainder, or "r/d" for a shard of another divisor."""
+    if isinstance(key, tuple) and len(key) == 2:
+        return key[1] if key[0] == divisor else f"{key[1]}/{key[0]}"
+    return key
 
 
 def render_healthz(snap: StatusSnapshot) -> tuple[int, bytes]:

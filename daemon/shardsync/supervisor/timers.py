@@ -125,10 +125,10 @@ class RestartsDue:
     def next_at(self, now: float) -> float | None:
         if self.arbiter.stopping:
             return None
-        return min((at for s in self.arbiter.shards.values() if (at := _start_at(s)) is not None), default=None)
+        return min((at for s in self.arbiter.table.shards.values() if (at := _start_at(s)) is not None), default=None)
 
     def run_due(self, now: float) -> None:
-        due = [s for s in self.arbiter.shards.values() if (at := _start_at(s)) is not None and at <= now]
+        due = [s for s in self.arbiter.table.shards.values() if (at := _start_at(s)) is not None and at <= now]
         # The rest stay due: the loop's next select has a zero timeout and comes back here.
         for shard in due[:SPAWNS_PER_PASS]:
             self.arbiter.table.spawn(shard)
@@ -142,12 +142,12 @@ class WorkerDeadlines:
 
     def next_at(self, now: float) -> float | None:
         limits = self.arbiter.table.limits
-        ats = (hang.next_check(s, limits) for s in self.arbiter.shards.values() if s.running)
+        ats = (hang.next_check(s, limits) for s in self.arbiter.table.shards.values() if s.running)
         return min((at for at in ats if at is not None), default=None)
 
     def run_due(self, now: float) -> None:
         limits = self.arbiter.table.limits
-        for shard in list(self.arbiter.shards.values()):
+        for shard in list(self.arbiter.table.shards.values()):
             if shard.running and (verdict := hang.verdict(shard, limits, now)) is not None:
                 self.arbiter.table.carry_out(shard, verdict)
 
