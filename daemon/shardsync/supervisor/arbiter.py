@@ -35,6 +35,7 @@ from shardsync.supervisor.notify import Notifier
 from shardsync.supervisor.options import worker_options
 from shardsync.supervisor.processes import Processes, describe
 from shardsync.supervisor.readiness import Ready
+from shardsync.supervisor.resharding import Resharding, begin, prepare
 from shardsync.supervisor.retire import FILE_KINDS, removed_by_reload, stale_files
 from shardsync.supervisor.retirer import Retirer
 from shardsync.supervisor.shard import Shard
@@ -90,6 +91,8 @@ class Arbiter:
                                 rng=self.rng, parent_pid=self.pid, login=self.login, reap=self.reap,
                                 on_breaker=self.breaker_tripped)
         self.retirer = Retirer(self.selector, self.procs.start_retire)
+        #: The resharding in progress, or the last one (for /status); None before any.
+        self.resharding: Resharding | None = None
         self.listener = StatusListener(self.snapshot, self.selector, config_path=config_path, pid=self.pid,
                                        started_at=wall())
         self.stopping = False
@@ -106,6 +109,7 @@ class Arbiter:
             timers.RestartsDue(self), timers.WorkerDeadlines(self), timers.PermitGrants(self),
             timers.LoginDue(self), timers.LoginDeadline(self), timers.Watchdog(self.notifier, clock()),
             timers.Readiness(self), timers.StatusExpiry(self), timers.RetireDue(self),
+            timers.ReshardDue(self),
         ])
 
     @property
@@ -254,7 +258,15 @@ class Arbiter:
         except ConfigError as exc:
             for line in exc.lines:
                 self.log.error("reload_rejected", error=line)
-            self.notifier.ready(self.table.status_line())
+            self.notifier.ready(self.status_line())
+            return
+        if self.resharding is not None and self.resharding.active:
+            # Never a half state: the plan in progress was made for the table it started from.
+            self.refuse_reload(f"{self.resharding.status_line()}; send SIGHUP again once it has ended")
+            return
+        reshard = prepare(self.table, new)
+        if isinstance(reshard, str):
+            self.refuse_reload(reshard)
             return
         plan = planner.plan({r: s.row() for r, s in self.shards.items()}, self.settings, new)
         old, self.settings = self.settings, new
@@ -265,14 +277,35 @@ class Arbiter:
         # An operator acted: shards parked for a refusal the server keeps giving get their chance again.
         self.table.budget.operator_acted()
         now = self.clock()
+        self.listener.reconfigure(old, new)
+        if reshard is not None:
+            # Make before break: old shards stop move by move, once their replacements are live.
+            self.resharding = begin(reshard, worker_options(new), now)
+            self.advance_reshard(now)
+            self.log.info("reloaded", resharding=self.resharding.status_line())
+            self.notifier.ready(self.status_line())
+            return
         for step in plan.steps:
             self.table.carry_out_step(step, now)
-        self.listener.reconfigure(old, new)
         # Once every new shard is live, what the new config no longer owns is marked retired.
         self.retirer.add(removed_by_reload(old, new))
         self.retirer.add(stale_files(_listing(new), new))
         self.log.info("reloaded", added=plan.added, removed=plan.removed, restarted=plan.restarted)
-        self.notifier.ready(self.table.status_line())
+        self.notifier.ready(self.status_line())
+
+    def refuse_reload(self, why: str) -> None:
+        self.log.warning("reload_refused", why=why)
+        self.notifier.ready(self.status_line())
+
+    def advance_reshard(self, now: float) -> None:
+        """Carry the resharding on; old shards whose worker is gone are retired."""
+        if self.resharding is None:
+            return
+        was_active = self.resharding.active
+        self.retirer.add_ready(self.resharding.advance(self.table, now))
+        if was_active and not self.resharding.active and not self.resharding.reasons:
+            # Whatever else the old divisor left in the state directory (gated: every shard live).
+            self.retirer.add(stale_files(_listing(self.settings), self.settings))
 
     # --- status ------------------------------------------------------------------------
 
@@ -288,15 +321,22 @@ class Arbiter:
             token_renew_margin=keeper.renew_margin,
             budget=self.table.budget.status(now),
             login=keeper.status(wall),
+            reshard=None if self.resharding is None else self.resharding.status(now),
         )
 
     def become_ready(self, ready: Ready) -> None:
         self.ready = True
         self.log.info("ready", all_live=ready.all_live, after=round(ready.after, 3))
-        self.notifier.ready(self.table.status_line())
+        self.notifier.ready(self.status_line())
+
+    def status_line(self) -> str:
+        line = self.table.status_line()
+        if self.resharding is not None and self.resharding.active:
+            line += f"; {self.resharding.status_line()}"
+        return line
 
     def update_status_line(self) -> None:
-        line = self.table.status_line()
+        line = self.status_line()
         if line != self._last_status:
             self._last_status = line
             self.notifier.status(line)

@@ -83,6 +83,7 @@ class ShardCollector(Collector):
         yield from _budget_families(snap)
         yield GaugeMetricFamily("shardsync_shards_configured", "Shards this host runs", value=len(snap.shards))
         yield GaugeMetricFamily("shardsync_ready", "1 once READY=1 was sent", value=1.0 if snap.ready else 0.0)
+        yield from reshard_families(snap)
         yield GaugeMetricFamily("shardsync_parent_uptime_seconds", "Seconds since the parent started", snap.uptime)
         yield from worker_families(snap.shards, snap.divisor)
         yield from freshness_families(snap.shards, snap.divisor)
@@ -150,6 +151,21 @@ def freshness_families(shards: Iterable[ShardStatus], divisor: int = 0) -> Itera
         unattributed.add_metric(label, counts.unattributed)
         sink_errors.add_metric(label, counts.sink_errors)
     return event_age, commit_age, snapshot, latency, quarantined, unattributed, sink_errors
+
+
+# --- resharding (supervisor/resharding.py) -----------------------------------------------------------
+
+
+def reshard_families(snap: StatusSnapshot) -> Iterable[Metric]:
+    """Whether a resharding runs, and its moves per state (0 for every state when there was none)."""
+    reshard = snap.reshard or {}
+    yield GaugeMetricFamily("shardsync_resharding", "1 while a change of divisor is being carried out",
+                            value=1.0 if reshard.get("state") == "running" else 0.0)
+    moves = GaugeMetricFamily("shardsync_reshard_moves", "Moves of the current or last resharding, by state",
+                              labels=["state"])
+    for state in ("pending", "starting", "done", "aborted"):
+        moves.add_metric([state], float(sum(m.get("state") == state for m in reshard.get("moves") or ())))
+    yield moves
 
 
 # --- the parent's token -----------------------------------------------------------------------------

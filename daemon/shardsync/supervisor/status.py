@@ -85,6 +85,8 @@ class StatusSnapshot:
     budget: dict[str, Any] | None = None
     #: The token keeper (``tokens.TokenKeeper.status``): login state, failed logins in the last hour.
     login: dict[str, Any] | None = None
+    #: The resharding in progress or last finished (``resharding.Resharding.status``).
+    reshard: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, int]:
         """Shards per state (a parked shard counts as parked), always with live/backoff/parked."""
@@ -143,6 +145,9 @@ def render_status(snap: StatusSnapshot) -> bytes:
     if snap.budget is not None:
         parked = [_key_label(k, snap.divisor) for k in snap.budget.get("parked") or ()]
         doc["budget"] = {**snap.budget, "text": _text(snap.budget.get("text")), "parked": parked}
+    if snap.reshard is not None:
+        doc["reshard"] = {**snap.reshard, "moves": [
+            {**move, "why": _text(move["why"])} if "why" in move else move for move in snap.reshard["moves"]]}
     if snap.login is not None:
         doc["login"] = {**snap.login, "last_error": _text(snap.login.get("last_error"))}
     return orjson.dumps(doc)

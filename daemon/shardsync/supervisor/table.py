@@ -370,3 +370,15 @@ class ShardTable:
         self.policy.forget(key)
         self.budget.forget(key)
         self.policy.set_shards(self.wanted() | set(self.shards))
+
+    def stop_and_drop(self, key: ShardKey, now: float) -> None:
+        """A reshard is done with this shard: it leaves the table now, or once its worker is reaped."""
+        shard = self.shards.get(key)
+        if shard is None:
+            return
+        if not shard.running:
+            self.drop(key)
+            return
+        if shard.then is Then.POLICY:
+            shard.request_stop(now, self.settings.supervisor.shutdown_timeout)
+        shard.then = Then.REMOVE
