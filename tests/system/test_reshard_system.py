@@ -133,7 +133,7 @@ def all_live(daemon: Daemon, divisor: int) -> bool:
     return len(shards) == divisor and all(s["divisor"] == divisor and s["state"] == "live" for s in shards)
 
 
-def reshard(daemon: Daemon, sim: Simulator, old: int, new: int, tmp: Path,
+def reshard(daemon: Daemon, sim: Simulator, old: int, new: int, tmp: Path, *,
             during: Callable[[], None] = lambda: None, skip: frozenset[int] = frozenset()) -> dict[str, Any]:
     """Stream events, follow them, SIGHUP from ``old`` to ``new``; check coverage, truth, retirement, follow."""
     daemon.wait_live(60)
@@ -243,9 +243,11 @@ def test_figures_of_a_split(sim_factory: Callable[..., Simulator], daemon_factor
     peak = [before]
 
     def sample() -> None:
-        while daemon.status().get("reshard", {}).get("state") in (None, "running"):
+        def ended() -> bool:
             peak.append(workers_rss(daemon))
-            time.sleep(0.1)  # sampling memory while the split runs, not waiting for a state
+            return daemon.status().get("reshard", {}).get("state") not in (None, "running")
+
+        wait_until(ended, 120, "the split ended (memory sampled meanwhile)")
 
     result = reshard(daemon, sim, old, new, tmp_path, during=sample)
     after = workers_rss(daemon)
