@@ -247,3 +247,18 @@ def test_status_command_and_metrics_show_the_plan(make: Any, state: Path) -> Non
     assert samples[("shardsync_shard_up", (("shard", "2"),))] == 0.0
     notified = [m["STATUS"] for m in parent.notifier.said("STATUS")]
     assert any("resharding 2 -> 4" in line for line in notified)
+
+
+def test_healthz_stays_ok_while_a_move_waits_for_its_new_shards(make: Any, state: Path) -> None:
+    """A resharding's pending new shards (their old shard still live) do not make /healthz 503; an old shard
+    that is down does; each shard's part shows in /status."""
+    from shardsync.supervisor.status import render_healthz
+
+    parent: Parent = make(2)
+    parent.reload(sections(state, 4))
+    assert render_healthz(parent.arbiter.snapshot())[0] == 200
+    roles = {(s["divisor"], s["remainder"]): s["reshard"] for s in status(parent)["shards"]}
+    assert roles == {(2, 0): "old", (2, 1): "old", (4, 0): "pending", (4, 2): "pending"}
+    beat(parent, (2, 1), state=ShardState.SYNCING)
+    code, body = render_healthz(parent.arbiter.snapshot())
+    assert code == 503 and b"1/4 live" in body

@@ -20,6 +20,7 @@ import random
 import selectors
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from shardsync.config import ConfigError, Settings, load_config
 from shardsync.credentials import Credentials
@@ -39,8 +40,9 @@ from shardsync.supervisor.resharding import Resharding, begin, prepare
 from shardsync.supervisor.retire import FILE_KINDS, removed_by_reload, stale_files
 from shardsync.supervisor.retirer import Retirer
 from shardsync.supervisor.shard import Shard
+from shardsync.supervisor.shardkey import ShardKey
 from shardsync.supervisor.signals import NAMES, WakeupPipe
-from shardsync.supervisor.status import StatusSnapshot
+from shardsync.supervisor.status import ShardStatus, StatusSnapshot
 from shardsync.supervisor.table import ShardTable
 from shardsync.supervisor.tokens import TokenKeeper, Wait
 
@@ -315,7 +317,7 @@ class Arbiter:
         return StatusSnapshot(
             pid=self.pid, started_at=self.started_wall, uptime=round(now - self.started, 3), ready=self.ready,
             divisor=self.settings.sync.divisor,
-            shards=self.table.statuses(now, wall),
+            shards=self.shard_statuses(now, wall),
             token_expires_in=None if keeper.token is None or keeper.expires_at is None
             else round(keeper.expires_at - wall, 3),
             token_renew_margin=keeper.renew_margin,
@@ -323,6 +325,13 @@ class Arbiter:
             login=keeper.status(wall),
             reshard=None if self.resharding is None else self.resharding.status(now),
         )
+
+    def shard_statuses(self, now: float, wall: float) -> tuple[ShardStatus, ...]:
+        statuses = self.table.statuses(now, wall)
+        plan = self.resharding
+        if plan is None or not plan.active:
+            return statuses
+        return tuple(replace(s, reshard=plan.role(ShardKey(s.divisor, s.remainder))) for s in statuses)
 
     def become_ready(self, ready: Ready) -> None:
         self.ready = True

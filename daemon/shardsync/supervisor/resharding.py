@@ -184,6 +184,19 @@ class Resharding:
             "peak_extra_connections": self.peak_extra,
         }
 
+    def role(self, key: ShardKey) -> str | None:
+        """``key``'s part in this resharding while it runs (see ``ShardStatus.reshard``)."""
+        if not self.active:
+            return None
+        if key.divisor == self.plan.old_divisor:
+            return "old"
+        if key.divisor != self.plan.new_divisor:
+            return None
+        if self.index < len(self.plan.moves) and self.states[self.index] is MoveState.STARTING \
+                and key.remainder in self.plan.moves[self.index].start:
+            return "pending"
+        return "new"
+
     def status_line(self) -> str:
         """A few words for systemd's STATUS=."""
         done = sum(s is MoveState.DONE for s in self.states)

@@ -61,6 +61,9 @@ class ShardStatus:
     rejections: int = 0
     #: The shard's divisor: two run side by side while resharding (0: the snapshot's).
     divisor: int = 0
+    #: Its part in a resharding in progress: "old" (to be replaced), "pending" (new, its move not
+    #: done yet: the old shard it replaces still holds its accounts) or "new"; None when none runs.
+    reshard: str | None = None
 
     @property
     def live(self) -> bool:
@@ -130,6 +133,7 @@ def render_status(snap: StatusSnapshot) -> bytes:
             "next_restart_in": _seconds(s.next_restart_in),
             "parked_reason": _text(s.parked_reason),
             "rejections": s.rejections,
+            **({"reshard": s.reshard} if s.reshard is not None else {}),
         }
         for s in snap.shards
     ]
@@ -161,10 +165,14 @@ def _key_label(key: object, divisor: int) -> object:
 
 
 def render_healthz(snap: StatusSnapshot) -> tuple[int, bytes]:
-    """``(200, "ok")`` when every shard is live and none parked, else 503 and why."""
+    """``(200, "ok")`` when every shard is live and none parked, else 503 and why.
+
+    A resharding's pending new shards do not count: until their move is done the
+    old shard they replace holds their accounts (and counts).
+    """
     if not snap.shards:
         return 503, b"no shards running\n"
-    if all(s.live for s in snap.shards):
+    if all(s.live or s.reshard == "pending" for s in snap.shards):
         return 200, b"ok\n"
     parked = [str(s.remainder) for s in snap.shards if s.parked]
     down = [f"{s.remainder} ({s.state})" for s in snap.shards if not s.live and not s.parked]
