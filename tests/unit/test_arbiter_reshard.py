@@ -262,3 +262,27 @@ def test_healthz_stays_ok_while_a_move_waits_for_its_new_shards(make: Any, state
     beat(parent, (2, 1), state=ShardState.SYNCING)
     code, body = render_healthz(parent.arbiter.snapshot())
     assert code == 503 and b"1/4 live" in body
+
+
+def test_after_an_abort_the_old_divisor_back_merges_the_completed_moves_back(make: Any, state: Path) -> None:
+    """2 -> 4 with move 1 aborted (old 0 kept, 1 replaced by 1 and 3 of 4); a SIGHUP with divisor 2 again merges
+    1 and 3 of 4 back into 1 of 2 and leaves old 0 alone."""
+    parent: Parent = make(2)
+    parent.reload(sections(state, 4))
+    for _ in range(3):
+        running(parent)[(4, 2)].send(ipc.Rejected("user/syncrequest", 400, "refused"))
+        parent.step()
+    parent.step(2)
+    exit_stopped(parent)
+    beat(parent, (4, 1), (4, 3))
+    exit_stopped(parent)
+    assert set(running(parent)) == {(2, 0), (4, 1), (4, 3)}
+    parent.reload(sections(state, 2))
+    assert set(running(parent)) == {(2, 0), (4, 1), (4, 3), (2, 1)}
+    assert status(parent)["reshard"]["shape"] == "merge"
+    beat(parent, (2, 1))
+    assert stop_asked(parent) == {(4, 1), (4, 3)}
+    exit_stopped(parent)
+    assert set(running(parent)) == {(2, 0), (2, 1)}
+    assert parent.arbiter.table.all_live_now()
+    assert status(parent)["reshard"]["state"] == "done"
