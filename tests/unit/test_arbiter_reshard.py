@@ -286,3 +286,20 @@ def test_after_an_abort_the_old_divisor_back_merges_the_completed_moves_back(mak
     assert set(running(parent)) == {(2, 0), (2, 1)}
     assert parent.arbiter.table.all_live_now()
     assert status(parent)["reshard"]["state"] == "done"
+
+
+def test_a_resharding_ends_only_once_the_shards_it_stopped_are_gone(make: Any, state: Path) -> None:
+    """The last move done, its old shard still stopping: the plan still runs (a SIGHUP now is refused);
+    it ends when that worker is reaped."""
+    parent: Parent = make(2)
+    parent.reload(sections(state, 4))
+    beat(parent, (4, 0), (4, 2))
+    exit_stopped(parent)
+    beat(parent, (4, 1), (4, 3))
+    assert stop_asked(parent) == {(2, 1)}
+    assert status(parent)["reshard"]["state"] == "running"
+    with structlog.testing.capture_logs() as logs:
+        parent.reload(sections(state, 4))
+    assert [line["event"] for line in logs if line["event"] == "reload_refused"] == ["reload_refused"]
+    exit_stopped(parent)
+    assert status(parent)["reshard"]["state"] == "done"

@@ -106,7 +106,8 @@ class Resharding:
     def _next(self, table: ShardTable) -> str | None:
         """What the current move does next: start, abort (a new shard failed), complete (all live), finish."""
         if self.index >= len(self.plan.moves):
-            return "finish"
+            # Ended once every shard it stopped is gone: until then a reload could find them half there.
+            return None if self._still_leaving(table) else "finish"
         if self.states[self.index] is MoveState.PENDING:
             return None if self._still_leaving(table) else "start"
         shards = [table.shards.get(key) for key in self.new_keys(self.plan.moves[self.index])]
