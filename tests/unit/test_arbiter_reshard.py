@@ -303,3 +303,17 @@ def test_a_resharding_ends_only_once_the_shards_it_stopped_are_gone(make: Any, s
     assert [line["event"] for line in logs if line["event"] == "reload_refused"] == ["reload_refused"]
     exit_stopped(parent)
     assert status(parent)["reshard"]["state"] == "done"
+
+
+def test_old_and_new_shard_of_one_remainder_get_their_own_permits(make: Any, state: Path) -> None:
+    """Shard 0 of 2 reconnecting and shard 0 of 4 connecting both wait for a permit: each gets its own."""
+    parent: Parent = make(2)
+    parent.reload(sections(state, 4))
+    old, new = running(parent)[(2, 0)], running(parent)[(4, 0)]
+    old.received()
+    new.received()
+    old.send(ipc.NeedPermit())
+    new.send(ipc.NeedPermit())
+    parent.step(3)
+    assert "Permit" in [type(m).__name__ for m in old.received()]
+    assert "Permit" in [type(m).__name__ for m in new.received()]
