@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-c", "--config", required=True, metavar="FILE", action="append",
                        help="a config file; repeat for the files of several hosts")
     check.add_argument("-q", "--quiet", action="store_true", help="print nothing when valid (systemd ExecReload)")
+    check.add_argument("--resharding", action="store_true",
+                       help="several files may have different divisors (hosts resharded one by one): check that "
+                            "they cover every account (id modulo the largest divisor) exactly once")
     check.set_defaults(handler=_check_config)
 
     status = commands.add_parser("status", help="table of shards: state, pid, uptime, restarts, events/s")

@@ -49,26 +49,30 @@ def _show(value: object) -> str:
     return str(value)
 
 
-def check_partition(hosts: Sequence[HostShards]) -> list[str]:
+def check_partition(hosts: Sequence[HostShards], *, resharding: bool = False) -> list[str]:
     """Every problem with *hosts* as one deployment, worded for an operator; empty when they fit.
 
     When the divisors differ the remainders cannot be compared, so only the
-    disagreements are reported.
+    disagreements are reported, unless ``resharding``: some hosts already run
+    the new divisor, the others the old one.  Then every divisor must divide
+    the largest, L, and the accounts (residues of the account id modulo L)
+    must be covered exactly once.
     """
     if not hosts:
         return ["no configs to check"]
+    divisors = {h.divisor for h in hosts}
     problems = [
         problem
         for problem in (
-            _disagreement(hosts, "divisor", [h.divisor for h in hosts]),
+            None if resharding else _disagreement(hosts, "divisor", [h.divisor for h in hosts]),
             _disagreement(hosts, "expression", [h.expression for h in hosts]),
             # order does not matter to the server: compare as sets, show as sorted
             _disagreement(hosts, "entity_types", [tuple(sorted(set(h.entity_types))) for h in hosts]),
         )
         if problem is not None
     ]
-    if len({h.divisor for h in hosts}) > 1:
-        return problems
+    if len(divisors) > 1:
+        return problems + (_residues(hosts, max(divisors)) if resharding else [])
     divisor = hosts[0].divisor
     owners: dict[int, list[str]] = {r: [] for r in range(divisor)}
     for host in hosts:
@@ -87,4 +91,22 @@ def check_partition(hosts: Sequence[HostShards]) -> list[str]:
     outside = [r for r in owners if not 0 <= r < divisor]
     if outside:
         problems.append(f"outside 0-{divisor - 1}: {compress(outside)}")
+    return problems
+
+
+def _residues(hosts: Sequence[HostShards], modulus: int) -> list[str]:
+    """Hosts of several divisors (a resharding rolled out host by host): each account exactly once."""
+    bad = sorted(d for d in {h.divisor for h in hosts} if modulus % d)
+    if bad:
+        return [f"divisors {', '.join(map(str, bad))} do not divide {modulus}: no split or merge goes between them"]
+    owners: dict[int, list[str]] = {r: [] for r in range(modulus)}
+    for host in hosts:
+        for remainder in sorted(set(host.remainders)):
+            for residue in range(remainder, modulus, host.divisor):
+                owners[residue].append(f"{host.source} ({remainder} of {host.divisor})")
+    problems = [f"overlap: account id % {modulus} = {r} (in {', '.join(sources)})"
+                for r, sources in owners.items() if len(sources) > 1][:16]
+    gaps = [r for r, sources in owners.items() if not sources]
+    if gaps:
+        problems.append(f"gap: account id % {modulus} in {compress(gaps)} (in no file)")
     return problems

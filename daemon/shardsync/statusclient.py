@@ -157,7 +157,7 @@ def render_table(status: dict[str, Any]) -> str:
         rate = shard.get("events_per_s")
         rows.append(
             (
-                _cell(shard.get("remainder")),
+                _shard_name(shard, status.get("divisor")),
                 state,
                 _cell(shard.get("pid")),
                 _duration(shard.get("uptime")),
@@ -174,7 +174,31 @@ def render_table(status: dict[str, Any]) -> str:
     for row in rows:
         cells = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
         lines.append("  ".join(cells).rstrip())
-    return "\n".join(head + lines)
+    return "\n".join(head + lines + _reshard_lines(status.get("reshard")))
+
+
+def _shard_name(shard: dict[str, Any], divisor: object) -> str:
+    """The remainder; "r/d" for a shard of another divisor (the old ones, while resharding)."""
+    own = shard.get("divisor")
+    name = _cell(shard.get("remainder"))
+    return name if own in (None, divisor) else f"{name}/{_cell(own)}"
+
+
+def _reshard_lines(reshard: object) -> list[str]:
+    """The resharding plan: one line for it, one per move (its new and old shards and where it is)."""
+    if not isinstance(reshard, dict):
+        return []
+    moves = reshard.get("moves") or []
+    lines = ["", f"resharding {_cell(reshard.get('old_divisor'))} -> {_cell(reshard.get('divisor'))} "
+                 f"({_cell(reshard.get('shape'))}): {_cell(reshard.get('state'))}, move {_cell(reshard.get('move'))}"
+                 f"/{len(moves)}, {_duration(reshard.get('seconds'))}, "
+                 f"peak {_cell(reshard.get('peak_extra_connections'))} extra connections"]
+    for number, move in enumerate(moves, 1):
+        start = ", ".join(str(r) for r in move.get("start") or []) or "-"
+        stop = ", ".join(str(r) for r in move.get("stop") or []) or "-"
+        why = f": {_error(move['why'])}" if move.get("why") else ""
+        lines.append(f"  {number}. new {start} / old {stop}: {_cell(move.get('state'))}{why}")
+    return lines
 
 
 # -- command ---------------------------------------------------------------------

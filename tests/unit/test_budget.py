@@ -62,7 +62,7 @@ def test_three_refusals_in_a_row_park_the_shard_with_the_servers_text() -> None:
     assert refuse(budget, 5, 1.0) == [] and refuse(budget, 5, 2.0) == []
     assert budget.hold_until(5, 2.0) is None
     [park] = refuse(budget, 5, 3.0)
-    assert isinstance(park, Park) and park.remainder == 5 and park.until == 3.0 + LOCKOUT
+    assert isinstance(park, Park) and park.key == 5 and park.until == 3.0 + LOCKOUT
     assert "user/syncrequest refused with 400" in park.reason and "unknown type 'fills'" in park.reason
     assert budget.hold_until(5, 3.0) == 3.0 + LOCKOUT
     assert budget.hold_until(4, 3.0) is None  # other shards are not held
@@ -215,7 +215,7 @@ def test_followers_are_held_while_the_first_two_refused_find_out_then_park_with_
     assert budget.hold_until(2, 12.0) == float("inf")  # one leader still finding out
     refuse(budget, 1, 13.0)
     decisions = refuse(budget, 1, 14.0)
-    assert sorted(d.remainder for d in decisions if isinstance(d, Park)) == [1, 2, 3, 4, 5]
+    assert sorted(d.key for d in decisions if isinstance(d, Park)) == [1, 2, 3, 4, 5]
     assert all(budget.parked(r) for r in range(6))
 
 

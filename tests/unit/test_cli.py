@@ -243,3 +243,14 @@ def test_the_placeholders_are_the_shipped_values() -> None:
 
     shipped = tomllib.loads((ROOT / "config" / "shardsync.toml").read_text())
     assert {key: shipped[section][key[1]] for key in PLACEHOLDERS for section in [key[0]]} == PLACEHOLDERS
+
+
+def test_check_config_resharding_accepts_hosts_midway_through_a_split(tmp_path: Path) -> None:
+    """`check-config --resharding`: one host already at 8 (its aligned share), the other still at 4: exit 0;
+    without the flag the divisors must agree (78)."""
+    a = host_config(tmp_path, "a.toml", "0,1,4,5", divisor=8)
+    b = host_config(tmp_path, "b.toml", "2,3", divisor=4)
+    result = shardsync("check-config", "--resharding", "-c", str(a), "-c", str(b))
+    assert result.returncode == 0, result.stderr
+    assert "ok: 2 files of divisors 4, 8 cover every account once (a resharding in progress)" in result.stdout
+    assert shardsync("check-config", "-c", str(a), "-c", str(b)).returncode == 78

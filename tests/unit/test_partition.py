@@ -136,3 +136,28 @@ def test_duplicated_remainder_reported_as_overlap(case: tuple[int, list[list[int
     assert _listed(problems, "overlap") == {doubled}
     (line,) = problems
     assert re.search(rf"\(in h{owner}\.toml, h{len(split) - 1}\.toml\)$", line), line
+
+
+def test_resharding_accepts_hosts_on_either_side_of_a_split_that_cover_each_account_once() -> None:
+    """Host a already at 8 ({0, 1, 4, 5} = its old {0, 1} of 4), host b still at 4: every account once."""
+    hosts = [host("a.toml", [0, 1, 4, 5], divisor=8), host("b.toml", [2, 3], divisor=4)]
+    assert check_partition(hosts, resharding=True) == []
+    assert check_partition(hosts) == ["sync.divisor differs: a.toml: 8; b.toml: 4"]
+
+
+def test_resharding_names_what_contiguous_host_blocks_would_drop_and_double() -> None:
+    """--host-index style blocks ({0-3} of 8 beside {2, 3} of 4) leave 4, 5 mod 8 uncovered and 2, 3 twice."""
+    problems = check_partition([host("a.toml", [0, 1, 2, 3], divisor=8), host("b.toml", [2, 3], divisor=4)],
+                               resharding=True)
+    assert problems == [
+        "overlap: account id % 8 = 2 (in a.toml (2 of 8), b.toml (2 of 4))",
+        "overlap: account id % 8 = 3 (in a.toml (3 of 8), b.toml (3 of 4))",
+        "gap: account id % 8 in 4-5 (in no file)",
+    ]
+
+
+def test_resharding_refuses_divisors_no_split_or_merge_connects() -> None:
+    """3 and 4 hosts side by side are no resharding of one another."""
+    problems = check_partition([host("a.toml", [0, 1, 2], divisor=3), host("b.toml", [0, 1, 2, 3], divisor=4)],
+                               resharding=True)
+    assert problems == ["divisors 3 do not divide 4: no split or merge goes between them"]

@@ -132,6 +132,7 @@ def test_status_json_has_every_field(loop: Loop) -> None:
     assert doc["summary"] == {"total": 3, "live": 1, "backoff": 1, "parked": 1}
     first = doc["shards"][0]
     assert first == {
+        "divisor": 4,
         "remainder": 0, "state": "live", "pid": 101, "uptime": 12.5, "restarts": 1, "parked": False,
         "last_heartbeat_age": 0.4, "events_per_s": 3.5, "events": 120, "entities": 40, "reconnects": 2,
         "last_error": None, "next_restart_in": None, "parked_reason": None, "rejections": 0,
@@ -657,3 +658,23 @@ def test_server_text_in_status_is_printable_and_clipped() -> None:
                  doc["login"]["last_error"]):
         assert len(text) <= 501 and text.endswith("…")
         assert all(ch.isprintable() for ch in text)
+
+
+def test_two_divisors_side_by_side_stay_apart_in_status_and_metrics() -> None:
+    """While resharding, shard 3 of 2 and shard 3 of 4 are two lines and two series (label "3/2" vs "3")."""
+    from shardsync.supervisor.shardkey import ShardKey
+
+    shards = (ShardStatus(3, "live", divisor=4), ShardStatus(1, "live", divisor=2),
+              ShardStatus(3, "syncing", divisor=2, parked=True))
+    snap = StatusSnapshot(pid=1, started_at=0.0, uptime=1.0, ready=True, divisor=4, shards=shards,
+                          budget={"parked": [ShardKey(2, 3)], "throttles": {}})
+    doc = orjson.loads(render_status(snap))
+    assert [(s["remainder"], s["divisor"]) for s in doc["shards"]] == [(3, 4), (1, 2), (3, 2)]
+    assert doc["budget"]["parked"] == ["3/2"]
+    body = metrics.render(lambda: snap).decode()
+    up = {s.labels["shard"]: s.value for f in text_string_to_metric_families(body) if f.name == "shardsync_shard_up"
+          for s in f.samples}
+    assert up == {"3": 1.0, "1/2": 1.0, "3/2": 0.0}
+    refused = {s.labels["shard"]: s.value for f in text_string_to_metric_families(body)
+               if f.name == "shardsync_shard_refused_parked" for s in f.samples}
+    assert refused == {"3": 0.0, "1/2": 0.0, "3/2": 1.0}

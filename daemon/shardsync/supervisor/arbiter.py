@@ -20,6 +20,7 @@ import random
 import selectors
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from shardsync.config import ConfigError, Settings, load_config
 from shardsync.credentials import Credentials
@@ -35,11 +36,13 @@ from shardsync.supervisor.notify import Notifier
 from shardsync.supervisor.options import worker_options
 from shardsync.supervisor.processes import Processes, describe
 from shardsync.supervisor.readiness import Ready
+from shardsync.supervisor.resharding import Resharding, begin, prepare
 from shardsync.supervisor.retire import FILE_KINDS, removed_by_reload, stale_files
 from shardsync.supervisor.retirer import Retirer
 from shardsync.supervisor.shard import Shard
+from shardsync.supervisor.shardkey import ShardKey
 from shardsync.supervisor.signals import NAMES, WakeupPipe
-from shardsync.supervisor.status import StatusSnapshot
+from shardsync.supervisor.status import ShardStatus, StatusSnapshot
 from shardsync.supervisor.table import ShardTable
 from shardsync.supervisor.tokens import TokenKeeper, Wait
 
@@ -90,6 +93,8 @@ class Arbiter:
                                 rng=self.rng, parent_pid=self.pid, login=self.login, reap=self.reap,
                                 on_breaker=self.breaker_tripped)
         self.retirer = Retirer(self.selector, self.procs.start_retire)
+        #: The resharding in progress, or the last one (for /status); None before any.
+        self.resharding: Resharding | None = None
         self.listener = StatusListener(self.snapshot, self.selector, config_path=config_path, pid=self.pid,
                                        started_at=wall())
         self.stopping = False
@@ -106,6 +111,7 @@ class Arbiter:
             timers.RestartsDue(self), timers.WorkerDeadlines(self), timers.PermitGrants(self),
             timers.LoginDue(self), timers.LoginDeadline(self), timers.Watchdog(self.notifier, clock()),
             timers.Readiness(self), timers.StatusExpiry(self), timers.RetireDue(self),
+            timers.ReshardDue(self),
         ])
 
     @property
@@ -115,8 +121,9 @@ class Arbiter:
 
     @property
     def shards(self) -> dict[int, Shard]:
-        """The shard table by remainder."""
-        return self.table.shards
+        """The configured divisor's shards by remainder (``table.shards`` has every divisor's)."""
+        divisor = self.settings.sync.divisor
+        return {key.remainder: s for key, s in self.table.shards.items() if key.divisor == divisor}
 
     # --- the loop ---------------------------------------------------------------
 
@@ -147,7 +154,7 @@ class Arbiter:
             "supervisor_started", divisor=self.settings.sync.divisor,
             remainders=list(self.settings.sync.remainders), pid=self.pid,
         )
-        self.table.policy.set_shards(self.settings.sync.remainders)
+        self.table.policy.set_shards(self.table.wanted())
         options = worker_options(self.settings)
         for remainder in self.settings.sync.remainders:
             self.table.add(remainder, options)
@@ -253,7 +260,15 @@ class Arbiter:
         except ConfigError as exc:
             for line in exc.lines:
                 self.log.error("reload_rejected", error=line)
-            self.notifier.ready(self.table.status_line())
+            self.notifier.ready(self.status_line())
+            return
+        if self.resharding is not None and self.resharding.active:
+            # Never a half state: the plan in progress was made for the table it started from.
+            self.refuse_reload(f"{self.resharding.status_line()}; send SIGHUP again once it has ended")
+            return
+        reshard = prepare(self.table, new)
+        if isinstance(reshard, str):
+            self.refuse_reload(reshard)
             return
         plan = planner.plan({r: s.row() for r, s in self.shards.items()}, self.settings, new)
         old, self.settings = self.settings, new
@@ -264,14 +279,35 @@ class Arbiter:
         # An operator acted: shards parked for a refusal the server keeps giving get their chance again.
         self.table.budget.operator_acted()
         now = self.clock()
+        self.listener.reconfigure(old, new)
+        if reshard is not None:
+            # Make before break: old shards stop move by move, once their replacements are live.
+            self.resharding = begin(reshard, worker_options(new), now)
+            self.advance_reshard(now)
+            self.log.info("reloaded", resharding=self.resharding.status_line())
+            self.notifier.ready(self.status_line())
+            return
         for step in plan.steps:
             self.table.carry_out_step(step, now)
-        self.listener.reconfigure(old, new)
         # Once every new shard is live, what the new config no longer owns is marked retired.
         self.retirer.add(removed_by_reload(old, new))
         self.retirer.add(stale_files(_listing(new), new))
         self.log.info("reloaded", added=plan.added, removed=plan.removed, restarted=plan.restarted)
-        self.notifier.ready(self.table.status_line())
+        self.notifier.ready(self.status_line())
+
+    def refuse_reload(self, why: str) -> None:
+        self.log.warning("reload_refused", why=why)
+        self.notifier.ready(self.status_line())
+
+    def advance_reshard(self, now: float) -> None:
+        """Carry the resharding on; old shards whose worker is gone are retired."""
+        if self.resharding is None:
+            return
+        was_active = self.resharding.active
+        self.retirer.add_ready(self.resharding.advance(self.table, now))
+        if was_active and not self.resharding.active and not self.resharding.reasons:
+            # Whatever else the old divisor left in the state directory (gated: every shard live).
+            self.retirer.add(stale_files(_listing(self.settings), self.settings))
 
     # --- status ------------------------------------------------------------------------
 
@@ -281,21 +317,35 @@ class Arbiter:
         return StatusSnapshot(
             pid=self.pid, started_at=self.started_wall, uptime=round(now - self.started, 3), ready=self.ready,
             divisor=self.settings.sync.divisor,
-            shards=self.table.statuses(now, wall),
+            shards=self.shard_statuses(now, wall),
             token_expires_in=None if keeper.token is None or keeper.expires_at is None
             else round(keeper.expires_at - wall, 3),
             token_renew_margin=keeper.renew_margin,
             budget=self.table.budget.status(now),
             login=keeper.status(wall),
+            reshard=None if self.resharding is None else self.resharding.status(now),
         )
+
+    def shard_statuses(self, now: float, wall: float) -> tuple[ShardStatus, ...]:
+        statuses = self.table.statuses(now, wall)
+        plan = self.resharding
+        if plan is None or not plan.active:
+            return statuses
+        return tuple(replace(s, reshard=plan.role(ShardKey(s.divisor, s.remainder))) for s in statuses)
 
     def become_ready(self, ready: Ready) -> None:
         self.ready = True
         self.log.info("ready", all_live=ready.all_live, after=round(ready.after, 3))
-        self.notifier.ready(self.table.status_line())
+        self.notifier.ready(self.status_line())
+
+    def status_line(self) -> str:
+        line = self.table.status_line()
+        if self.resharding is not None and self.resharding.active:
+            line += f"; {self.resharding.status_line()}"
+        return line
 
     def update_status_line(self) -> None:
-        line = self.table.status_line()
+        line = self.status_line()
         if line != self._last_status:
             self._last_status = line
             self.notifier.status(line)

@@ -47,6 +47,8 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Final
 
+from shardsync.supervisor.shardkey import ShardKey
+
 __all__ = [
     "EVICTION_STREAK",
     "EVICTION_WINDOW",
@@ -76,9 +78,9 @@ INF: Final = float("inf")
 
 @dataclass(frozen=True, slots=True)
 class Park:
-    """Park ``remainder``: no permit before ``until`` (or a reload); ``reason`` has the server's text."""
+    """Park ``key``: no permit before ``until`` (or a reload); ``reason`` has the server's text."""
 
-    remainder: int
+    key: ShardKey
     until: float
     reason: str
 
@@ -125,8 +127,8 @@ class Budget:
         self._pause_until: float | None = None
         self._pause_reason: str | None = None
         self._pause_text = ""
-        self._shards: dict[int, _Shard] = {}
-        self._authorize_refusals: deque[tuple[float, int]] = deque()
+        self._shards: dict[ShardKey, _Shard] = {}
+        self._authorize_refusals: deque[tuple[float, ShardKey]] = deque()
         self._token_worked = False
         self._relogin_asked = False
         #: Throttles by reason since start (a metric).
@@ -168,24 +170,24 @@ class Budget:
 
     # -- permits ---------------------------------------------------------------------------------
 
-    def hold_until(self, remainder: int, now: float) -> float | None:
-        """Until when ``remainder`` gets no connect permit (None: it may have one now; inf: until a change)."""
-        times = [t for t in (self.paused_until(now), self._own_hold(remainder, now)) if t is not None and t > now]
+    def hold_until(self, key: ShardKey, now: float) -> float | None:
+        """Until when ``key`` gets no connect permit (None: it may have one now; inf: until a change)."""
+        times = [t for t in (self.paused_until(now), self._own_hold(key, now)) if t is not None and t > now]
         return max(times) if times else None
 
-    def _own_hold(self, remainder: int, now: float) -> float | None:
-        shard = self._shards.get(remainder)
+    def _own_hold(self, key: ShardKey, now: float) -> float | None:
+        shard = self._shards.get(key)
         if shard is None or shard.signature is None:
             return None
         if shard.parked_until is not None:
             return shard.parked_until
-        if remainder not in self._leaders(shard.signature):
+        if key not in self._leaders(shard.signature):
             return INF  # a follower: the leaders find out for it
         return None
 
-    def granted(self, remainder: int, now: float) -> None:
-        """``remainder`` got a permit: a parked shard's retry, the only one of its signature this lockout_backoff."""
-        shard = self._shards.get(remainder)
+    def granted(self, key: ShardKey, now: float) -> None:
+        """``key`` got a permit: a parked shard's retry, the only one of its signature this lockout_backoff."""
+        shard = self._shards.get(key)
         if shard is None or shard.parked_until is None:
             return
         later = now + self.lockout_backoff
@@ -195,9 +197,9 @@ class Budget:
 
     # -- rule 2 (and 3): refusals --------------------------------------------------------------
 
-    def rejected(self, remainder: int, endpoint: str, status: int, text: str, now: float) -> list[Decision]:
-        """The server refused ``remainder``'s ``endpoint`` with ``status``: park it, log in again, or nothing yet."""
-        shard = self._shards.setdefault(remainder, _Shard())
+    def rejected(self, key: ShardKey, endpoint: str, status: int, text: str, now: float) -> list[Decision]:
+        """The server refused ``key``'s ``endpoint`` with ``status``: park it, log in again, or nothing yet."""
+        shard = self._shards.setdefault(key, _Shard())
         signature = (endpoint, status)
         shard.total += 1
         if shard.signature == signature:
@@ -206,43 +208,43 @@ class Budget:
             shard.signature, shard.streak, shard.since = signature, 1, now
             shard.parked_until = shard.parked_reason = None
         if endpoint == AUTHORIZE:
-            relogin = self._eviction(remainder, shard, now)
+            relogin = self._eviction(key, shard, now)
             if relogin is not None:
                 return [relogin]
         if shard.parked_until is not None:  # a retry, refused again
             shard.parked_until = now + self.lockout_backoff
-            return [Park(remainder, shard.parked_until, shard.parked_reason or "")]
+            return [Park(key, shard.parked_until, shard.parked_reason or "")]
         parked = self._parked_with(signature)
         if shard.streak < PARK_AFTER and len(parked) < SPREAD:
             return []
         how = f"{shard.streak} in a row" if shard.streak >= PARK_AFTER else f"as {len(parked)} other shards are"
-        decisions: list[Decision] = [self._park(remainder, shard, text, how, now)]
+        decisions: list[Decision] = [self._park(key, shard, text, how, now)]
         if len(parked) + 1 >= SPREAD:
             # The leaders have found out: every shard held back for the same refusal parks now.
-            for other_remainder, other in sorted(self._shards.items()):
+            for other_key, other in sorted(self._shards.items()):
                 if other.signature == signature and other.parked_until is None:
-                    decisions.append(self._park(other_remainder, other, text, f"as {SPREAD} shards are", now))
+                    decisions.append(self._park(other_key, other, text, f"as {SPREAD} shards are", now))
         return decisions
 
-    def _park(self, remainder: int, shard: _Shard, text: str, how: str, now: float) -> Park:
+    def _park(self, key: ShardKey, shard: _Shard, text: str, how: str, now: float) -> Park:
         assert shard.signature is not None
         endpoint, status = shard.signature
         shard.parked_until = now + self.lockout_backoff
         shard.parked_reason = (f"{endpoint} refused with {status} ({how}): {text}; a configuration error? "
                                f"parked until a reload, retried every {self.lockout_backoff:g} s")
-        return Park(remainder, shard.parked_until, shard.parked_reason)
+        return Park(key, shard.parked_until, shard.parked_reason)
 
-    def _parked_with(self, signature: tuple[str, int]) -> list[int]:
+    def _parked_with(self, signature: tuple[str, int]) -> list[ShardKey]:
         return [r for r, s in self._shards.items() if s.signature == signature and s.parked_until is not None]
 
-    def _leaders(self, signature: tuple[str, int]) -> list[int]:
+    def _leaders(self, signature: tuple[str, int]) -> list[ShardKey]:
         """The SPREAD shards refused with ``signature`` first (parked ones included: they found out)."""
         refused = sorted((s.since, r) for r, s in self._shards.items() if s.signature == signature)
         return [r for _, r in refused[:SPREAD]]
 
-    def _eviction(self, remainder: int, shard: _Shard, now: float) -> Relogin | None:
+    def _eviction(self, key: ShardKey, shard: _Shard, now: float) -> Relogin | None:
         refusals = self._authorize_refusals
-        refusals.append((now, remainder))
+        refusals.append((now, key))
         while refusals and now - refusals[0][0] >= EVICTION_WINDOW:
             refusals.popleft()
         shards = {r for _, r in refusals}
@@ -259,9 +261,9 @@ class Budget:
                 else f"{EVICTION_STREAK} times in a row")
         return Relogin(f"authorize refused (not 401) by {what}, with a token that worked: evicted session?")
 
-    def progressed(self, remainder: int, live: bool) -> None:
-        """A heartbeat of ``remainder``; ``live``: its session works, so what refused it is gone."""
-        shard = self._shards.get(remainder)
+    def progressed(self, key: ShardKey, live: bool) -> None:
+        """A heartbeat of ``key``; ``live``: its session works, so what refused it is gone."""
+        shard = self._shards.get(key)
         if not live or shard is None or shard.signature is None:
             return
         signature = shard.signature
@@ -284,18 +286,18 @@ class Budget:
             shard.clear()
         self._authorize_refusals.clear()
 
-    def forget(self, remainder: int) -> None:
+    def forget(self, key: ShardKey) -> None:
         """The shard left the table (a reload removed it)."""
-        self._shards.pop(remainder, None)
+        self._shards.pop(key, None)
 
     # -- queries --------------------------------------------------------------------------------
 
-    def parked(self, remainder: int) -> bool:
-        shard = self._shards.get(remainder)
+    def parked(self, key: ShardKey) -> bool:
+        shard = self._shards.get(key)
         return shard is not None and shard.parked_until is not None
 
-    def shard(self, remainder: int) -> ShardBudget:
-        shard = self._shards.get(remainder)
+    def shard(self, key: ShardKey) -> ShardBudget:
+        shard = self._shards.get(key)
         if shard is None:
             return ShardBudget()
         return ShardBudget(parked=shard.parked_until is not None, parked_reason=shard.parked_reason,

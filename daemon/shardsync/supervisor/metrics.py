@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from shardsync import __version__, ipc
 from shardsync.ipc import ShardState
+from shardsync.supervisor.shardkey import ShardKey
 from shardsync.supervisor.status import ShardStatus, StatusSnapshot
 
 __all__ = ["CONTENT_TYPE", "KNOWN_STATES", "ShardCollector", "render"]
@@ -67,7 +68,7 @@ class ShardCollector(Collector):
             "shardsync_shard_parked", "1 if the shard exceeded its restart intensity", labels=["shard"]
         )
         for shard in snap.shards:
-            label = str(shard.remainder)
+            label = _label(shard, snap.divisor)
             up.add_metric([label], 1.0 if shard.live else 0.0)
             states = KNOWN_STATES if shard.state in KNOWN_STATES else (*KNOWN_STATES, shard.state)
             for name in states:
@@ -82,9 +83,10 @@ class ShardCollector(Collector):
         yield from _budget_families(snap)
         yield GaugeMetricFamily("shardsync_shards_configured", "Shards this host runs", value=len(snap.shards))
         yield GaugeMetricFamily("shardsync_ready", "1 once READY=1 was sent", value=1.0 if snap.ready else 0.0)
+        yield from reshard_families(snap)
         yield GaugeMetricFamily("shardsync_parent_uptime_seconds", "Seconds since the parent started", snap.uptime)
-        yield from worker_families(snap.shards)
-        yield from freshness_families(snap.shards)
+        yield from worker_families(snap.shards, snap.divisor)
+        yield from freshness_families(snap.shards, snap.divisor)
         yield from token_families(snap)
         yield InfoMetricFamily("shardsync_build", "The running shardsync's version", value={"version": __version__})
 
@@ -92,7 +94,7 @@ class ShardCollector(Collector):
 # --- worker processes, from their heartbeats ----------------------------------------------------
 
 
-def worker_families(shards: Iterable[ShardStatus]) -> Iterable[Metric]:
+def worker_families(shards: Iterable[ShardStatus], divisor: int = 0) -> Iterable[Metric]:
     """Each shard's worker process: memory and fds of the current one (0 while none runs), CPU of all."""
     rss = GaugeMetricFamily("shardsync_worker_resident_memory_bytes",
                             "Resident memory of the shard's worker process (0 while none runs)", labels=["shard"])
@@ -102,7 +104,7 @@ def worker_families(shards: Iterable[ShardStatus]) -> Iterable[Metric]:
     fds = GaugeMetricFamily("shardsync_worker_open_fds",
                             "Open file descriptors of the shard's worker process (0 while none runs)", labels=["shard"])
     for shard in shards:
-        label = [str(shard.remainder)]
+        label = [_label(shard, divisor)]
         rss.add_metric(label, shard.rss_bytes)
         cpu.add_metric(label, shard.counts.cpu_seconds)
         fds.add_metric(label, shard.open_fds)
@@ -112,7 +114,7 @@ def worker_families(shards: Iterable[ShardStatus]) -> Iterable[Metric]:
 # --- data freshness and the sink, per shard -------------------------------------------------------
 
 
-def freshness_families(shards: Iterable[ShardStatus]) -> Iterable[Metric]:
+def freshness_families(shards: Iterable[ShardStatus], divisor: int = 0) -> Iterable[Metric]:
     """Ages of the last frame and commit, snapshot duration, commit latency and the data-quality counters."""
     event_age = GaugeMetricFamily(
         "shardsync_shard_last_event_age_seconds",
@@ -138,7 +140,7 @@ def freshness_families(shards: Iterable[ShardStatus]) -> Iterable[Metric]:
         "shardsync_shard_sink_errors_total", "Sink writes that failed (each ends the session; the next resyncs)",
         labels=["shard"])
     for shard in shards:
-        label = [str(shard.remainder)]
+        label = [_label(shard, divisor)]
         counts = shard.counts
         event_age.add_metric(label, _known(shard.last_event_age))
         commit_age.add_metric(label, _known(shard.last_commit_age))
@@ -149,6 +151,21 @@ def freshness_families(shards: Iterable[ShardStatus]) -> Iterable[Metric]:
         unattributed.add_metric(label, counts.unattributed)
         sink_errors.add_metric(label, counts.sink_errors)
     return event_age, commit_age, snapshot, latency, quarantined, unattributed, sink_errors
+
+
+# --- resharding (supervisor/resharding.py) -----------------------------------------------------------
+
+
+def reshard_families(snap: StatusSnapshot) -> Iterable[Metric]:
+    """Whether a resharding runs, and its moves per state (0 for every state when there was none)."""
+    reshard = snap.reshard or {}
+    yield GaugeMetricFamily("shardsync_resharding", "1 while a change of divisor is being carried out",
+                            value=1.0 if reshard.get("state") == "running" else 0.0)
+    moves = GaugeMetricFamily("shardsync_reshard_moves", "Moves of the current or last resharding, by state",
+                              labels=["state"])
+    for state in ("pending", "starting", "done", "aborted"):
+        moves.add_metric([state], float(sum(m.get("state") == state for m in reshard.get("moves") or ())))
+    yield moves
 
 
 # --- the parent's token -----------------------------------------------------------------------------
@@ -162,6 +179,11 @@ def token_families(snap: StatusSnapshot) -> Iterable[Metric]:
     yield GaugeMetricFamily("shardsync_token_renew_margin_seconds",
                             "The token is renewed this many seconds before it expires",
                             value=_known(snap.token_renew_margin))
+
+
+def _label(shard: ShardStatus, divisor: int) -> str:
+    """The ``shard`` label: the remainder, with ``/divisor`` for a shard of another divisor (a reshard's old ones)."""
+    return ShardKey(shard.divisor or divisor, shard.remainder).label(divisor or shard.divisor)
 
 
 def _known(value: float | None) -> float:
@@ -211,9 +233,9 @@ def _budget_families(snap: StatusSnapshot) -> Iterable[Metric]:
         "(a configuration error: see parked_reason in /status)", labels=["shard"])
     parked = set(budget.get("parked") or ())
     for shard in snap.shards:
-        label = str(shard.remainder)
+        label = _label(shard, snap.divisor)
         rejections.add_metric([label], float(shard.rejections))
-        refused.add_metric([label], 1.0 if shard.remainder in parked else 0.0)
+        refused.add_metric([label], 1.0 if ShardKey(shard.divisor or snap.divisor, shard.remainder) in parked else 0.0)
     yield from (paused, remaining, throttles, rejections, refused)
     failures = (snap.login or {}).get("failed_logins_last_hour")
     if failures is not None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypedDict
 
 from shardsync.ipc import ShardState
+from shardsync.supervisor.shardkey import ShardKey
 
 if TYPE_CHECKING:
     from shardsync.config import Settings
@@ -26,7 +27,7 @@ HANDSHAKE_STATES = frozenset({ShardState.CONNECTING, ShardState.AUTHORIZING})
 #: when the parent granted); a worker that really asks again calls request().
 HOLDING_STATES = HANDSHAKE_STATES | {ShardState.WAITING_PERMIT}
 #: Until when a waiting shard is held back (None: not held; inf: until something changes).
-Hold = Callable[[int], float | None]
+Hold = Callable[[ShardKey], float | None]
 INF = float("inf")
 
 
@@ -35,8 +36,8 @@ class PermitGate:
 
     def __init__(self, *, max_concurrent: int, spacing: float, hold_max: float) -> None:
         self.reconfigure(max_concurrent=max_concurrent, spacing=spacing, hold_max=hold_max)
-        self._waiting: OrderedDict[int, float] = OrderedDict()
-        self._in_flight: dict[int, float] = {}
+        self._waiting: OrderedDict[ShardKey, float] = OrderedDict()
+        self._in_flight: dict[ShardKey, float] = {}
         self._last_grant = float("-inf")
         self.peak = 0
         #: Permits handed out since start (each one is a handshake: authorize, syncrequest).
@@ -59,41 +60,41 @@ class PermitGate:
         self.spacing = spacing
         self.hold_max = hold_max
 
-    def request(self, remainder: int, now: float) -> None:
+    def request(self, key: ShardKey, now: float) -> None:
         # A worker asks once per connect; asking again while holding one means
         # its previous handshake ended without a report.
-        self._in_flight.pop(remainder, None)
-        self._waiting.setdefault(remainder, now)
+        self._in_flight.pop(key, None)
+        self._waiting.setdefault(key, now)
 
-    def report(self, remainder: int, state: str) -> None:
+    def report(self, key: ShardKey, state: str) -> None:
         """A heartbeat arrived: a permit holder past its handshake frees its slot."""
         if state not in HOLDING_STATES:
-            self._in_flight.pop(remainder, None)
+            self._in_flight.pop(key, None)
 
-    def forget(self, remainder: int) -> None:
+    def forget(self, key: ShardKey) -> None:
         """The worker exited: it neither waits nor holds."""
-        self._waiting.pop(remainder, None)
-        self._in_flight.pop(remainder, None)
+        self._waiting.pop(key, None)
+        self._in_flight.pop(key, None)
 
     def _expire(self, now: float) -> None:
-        for remainder, granted in list(self._in_flight.items()):
+        for key, granted in list(self._in_flight.items()):
             if now - granted >= self.hold_max:
-                del self._in_flight[remainder]
+                del self._in_flight[key]
 
-    def grant(self, now: float, hold: Hold | None = None) -> list[int]:
+    def grant(self, now: float, hold: Hold | None = None) -> list[ShardKey]:
         """The shards to hand a permit to now, first come first served among those not held."""
         self._expire(now)
-        granted: list[int] = []
-        for remainder in list(self._waiting):
+        granted: list[ShardKey] = []
+        for key in list(self._waiting):
             if len(self._in_flight) >= self.max_concurrent or now - self._last_grant < self.spacing:
                 break
-            until = None if hold is None else hold(remainder)
+            until = None if hold is None else hold(key)
             if until is not None and until > now:
                 continue
-            del self._waiting[remainder]
-            self._in_flight[remainder] = now
+            del self._waiting[key]
+            self._in_flight[key] = now
             self._last_grant = now
-            granted.append(remainder)
+            granted.append(key)
         self.peak = max(self.peak, len(self._in_flight))
         self.granted += len(granted)
         return granted

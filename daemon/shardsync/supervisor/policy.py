@@ -4,7 +4,7 @@ Nothing here reads a clock, sleeps, logs or touches a process.  The loop passes
 monotonic ``now`` values in and acts on the returned decision (tenacity style),
 so every rule is testable with exact times and a seeded ``random.Random``.
 
-Rules, per shard (keyed by remainder):
+Rules, per shard (keyed by divisor and remainder):
 
 1. **Immediate first restart.**  The first failure after a healthy spell is
    restarted at once (delay 0): a killed worker should be back in well under a
@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
 
 from shardsync.backoff import Backoff
+from shardsync.supervisor.shardkey import ShardKey
 
 if TYPE_CHECKING:
     from shardsync.config import SupervisorSettings
@@ -118,8 +119,8 @@ class RestartPolicy:
         self.stable_after = stable_after
         self.intensity = intensity
         self.period = period
-        self._shards: dict[int, _Shard] = {}
-        self._configured: set[int] = set()
+        self._shards: dict[ShardKey, _Shard] = {}
+        self._configured: set[ShardKey] = set()
 
     @classmethod
     def from_settings(cls, s: SupervisorSettings, rng: random.Random) -> RestartPolicy:
@@ -134,19 +135,19 @@ class RestartPolicy:
 
     # -- events from the loop ----------------------------------------------------
 
-    def on_start(self, remainder: int, now: float) -> None:
-        """A worker for ``remainder`` was (re)started at ``now``."""
-        shard = self._shard(remainder)
+    def on_start(self, key: ShardKey, now: float) -> None:
+        """A worker for ``key`` was (re)started at ``now``."""
+        shard = self._shard(key)
         if shard.parked_until is not None:
             shard.parked_until = None
             shard.probation = True
         shard.started = now
 
-    def on_exit(self, remainder: int, now: float, *, expected: bool) -> Decision | None:
-        """The worker for ``remainder`` exited at ``now``; ``None`` when we stopped it on purpose."""
+    def on_exit(self, key: ShardKey, now: float, *, expected: bool) -> Decision | None:
+        """The worker for ``key`` exited at ``now``; ``None`` when we stopped it on purpose."""
         if expected:
             return None
-        shard = self._shard(remainder)
+        shard = self._shard(key)
         ran = now - shard.started if shard.started is not None else 0.0
         shard.started = None
         if ran >= self.stable_after:
@@ -178,36 +179,36 @@ class RestartPolicy:
             )
         return decision
 
-    def forget(self, remainder: int) -> None:
+    def forget(self, key: ShardKey) -> None:
         """The shard was removed by a reload: drop its history and stop counting it."""
-        self._shards.pop(remainder, None)
-        self._configured.discard(remainder)
+        self._shards.pop(key, None)
+        self._configured.discard(key)
 
-    def set_shards(self, remainders: Iterable[int]) -> None:
+    def set_shards(self, keys: Iterable[ShardKey]) -> None:
         """The configured shards: the breaker's denominator."""
-        self._configured = set(remainders)
+        self._configured = set(keys)
 
     # -- queries for the loop and for status ----------------------------------
 
-    def failing(self, now: float) -> set[int]:
+    def failing(self, now: float) -> set[ShardKey]:
         """Configured shards counted as failing by the breaker at ``now``."""
-        out: set[int] = set()
-        for remainder in self._configured:
-            shard = self._shards.get(remainder)
+        out: set[ShardKey] = set()
+        for key in self._configured:
+            shard = self._shards.get(key)
             if shard is not None and self._is_failing(shard, now):
-                out.add(remainder)
+                out.add(key)
         return out
 
-    def parked(self) -> set[int]:
+    def parked(self) -> set[ShardKey]:
         """Shards waiting out a ``Park`` (not running until their ``until``)."""
         return {r for r, shard in self._shards.items() if shard.parked_until is not None}
 
     # -- internals -------------------------------------------------------------
 
-    def _shard(self, remainder: int) -> _Shard:
+    def _shard(self, key: ShardKey) -> _Shard:
         # A shard the loop starts is configured, even if set_shards was never called.
-        self._configured.add(remainder)
-        return self._shards.setdefault(remainder, _Shard())
+        self._configured.add(key)
+        return self._shards.setdefault(key, _Shard())
 
     def _prune(self, shard: _Shard, now: float) -> None:
         while shard.failures and not self._in_window(shard.failures[0], now):

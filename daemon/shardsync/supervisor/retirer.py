@@ -76,6 +76,7 @@ class Retirer:
         self.selector = selector
         self._start = start
         self.pending: set[RetireJob] = set()
+        self.ready: set[RetireJob] = set()
         self.call: RetireCall | None = None
         self._exiting: set[int] = set()
         self.log = get_logger("shardsync.supervisor")
@@ -87,12 +88,25 @@ class Retirer:
     def add(self, jobs: Iterable[RetireJob]) -> None:
         self.pending.update(jobs)
 
-    def start(self, settings: Settings, now: float) -> None:
-        """Retire what is still stale under ``settings`` (the shards the config took back are dropped)."""
-        jobs = still_stale(self.pending, settings)
-        self.pending.clear()
+    def add_ready(self, jobs: Iterable[RetireJob]) -> None:
+        """Jobs due whatever the other shards do: a reshard's old shards, once their replacements were live."""
+        self.ready.update(jobs)
+
+    def start(self, settings: Settings, now: float, *, gated: bool = True) -> None:
+        """Retire what is still stale under ``settings`` (the shards the config took back are dropped).
+
+        ``gated``: every current shard is live, so the pending jobs may go too;
+        the ready ones go either way.
+        """
+        ready = still_stale(self.ready, settings)
+        pending = still_stale(self.pending, settings) if gated else []
+        self.ready.clear()
+        if gated:
+            self.pending.clear()
+        jobs = sorted(set(ready) | set(pending))
         if not jobs or self.call is not None:
-            self.pending.update(jobs)
+            self.ready.update(ready)
+            self.pending.update(pending)
             return
         self.log.info("retiring", shards=[f"{j.remainder}/{j.divisor}" for j in jobs], kind=jobs[0].kind)
         self.call = self._start(jobs, now)

@@ -19,6 +19,7 @@ from shardsync import ipc
 from shardsync.ipc import ShardState
 from shardsync.supervisor.processes import Launch, Processes
 from shardsync.supervisor.reload import Row, Then
+from shardsync.supervisor.shardkey import ShardKey
 from shardsync.supervisor.status import ShardStatus
 from shardsync.supervisor.tally import Tally
 from shardsync.worker.options import WorkerOptions
@@ -70,6 +71,10 @@ class Shard:
     _rate_mark: tuple[float, int] | None = field(default=None, repr=False)
     #: Frames for the worker that its pipe could not take yet, in order (see tell()).
     _outgoing: bytearray = field(default_factory=bytearray, repr=False)
+
+    @property
+    def key(self) -> ShardKey:
+        return ShardKey(self.options.divisor, self.remainder)
 
     @property
     def running(self) -> bool:
@@ -144,6 +149,7 @@ class Shard:
         beat = self.beat
         return ShardStatus(
             remainder=self.remainder,
+            divisor=self.options.divisor,
             state=self.state,
             pid=self.pid,
             uptime=round(now - self.started_at, 3) if self.running else None,

@@ -59,6 +59,11 @@ class ShardStatus:
     parked_reason: str | None = None
     #: Requests of this shard the server refused (``Rejected``) since the daemon started.
     rejections: int = 0
+    #: The shard's divisor: two run side by side while resharding (0: the snapshot's).
+    divisor: int = 0
+    #: Its part in a resharding in progress: "old" (to be replaced), "pending" (new, its move not
+    #: done yet: the old shard it replaces still holds its accounts) or "new"; None when none runs.
+    reshard: str | None = None
 
     @property
     def live(self) -> bool:
@@ -83,6 +88,8 @@ class StatusSnapshot:
     budget: dict[str, Any] | None = None
     #: The token keeper (``tokens.TokenKeeper.status``): login state, failed logins in the last hour.
     login: dict[str, Any] | None = None
+    #: The resharding in progress or last finished (``resharding.Resharding.status``).
+    reshard: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, int]:
         """Shards per state (a parked shard counts as parked), always with live/backoff/parked."""
@@ -111,6 +118,7 @@ def render_status(snap: StatusSnapshot) -> bytes:
     shards = [
         {
             "remainder": s.remainder,
+            "divisor": s.divisor or snap.divisor,
             "state": s.state,
             "pid": s.pid,
             "uptime": _seconds(s.uptime),
@@ -125,6 +133,7 @@ def render_status(snap: StatusSnapshot) -> bytes:
             "next_restart_in": _seconds(s.next_restart_in),
             "parked_reason": _text(s.parked_reason),
             "rejections": s.rejections,
+            **({"reshard": s.reshard} if s.reshard is not None else {}),
         }
         for s in snap.shards
     ]
@@ -138,17 +147,32 @@ def render_status(snap: StatusSnapshot) -> bytes:
         "shards": shards,
     }
     if snap.budget is not None:
-        doc["budget"] = {**snap.budget, "text": _text(snap.budget.get("text"))}
+        parked = [_key_label(k, snap.divisor) for k in snap.budget.get("parked") or ()]
+        doc["budget"] = {**snap.budget, "text": _text(snap.budget.get("text")), "parked": parked}
+    if snap.reshard is not None:
+        doc["reshard"] = {**snap.reshard, "moves": [
+            {**move, "why": _text(move["why"])} if "why" in move else move for move in snap.reshard["moves"]]}
     if snap.login is not None:
         doc["login"] = {**snap.login, "last_error": _text(snap.login.get("last_error"))}
     return orjson.dumps(doc)
 
 
+def _key_label(key: object, divisor: int) -> object:
+    """A budget-parked shard for /status: its remainder, or "r/d" for a shard of another divisor."""
+    if isinstance(key, tuple) and len(key) == 2:
+        return key[1] if key[0] == divisor else f"{key[1]}/{key[0]}"
+    return key
+
+
 def render_healthz(snap: StatusSnapshot) -> tuple[int, bytes]:
-    """``(200, "ok")`` when every shard is live and none parked, else 503 and why."""
+    """``(200, "ok")`` when every shard is live and none parked, else 503 and why.
+
+    A resharding's pending new shards do not count: until their move is done the
+    old shard they replace holds their accounts (and counts).
+    """
     if not snap.shards:
         return 503, b"no shards running\n"
-    if all(s.live for s in snap.shards):
+    if all(s.live or s.reshard == "pending" for s in snap.shards):
         return 200, b"ok\n"
     parked = [str(s.remainder) for s in snap.shards if s.parked]
     down = [f"{s.remainder} ({s.state})" for s in snap.shards if not s.live and not s.parked]

@@ -31,6 +31,7 @@ from shardsync.supervisor.policy import Escalate, Park, Restart, RestartPolicy
 from shardsync.supervisor.processes import Processes, describe
 from shardsync.supervisor.reload import Step, Then
 from shardsync.supervisor.shard import Shard
+from shardsync.supervisor.shardkey import ShardKey
 from shardsync.supervisor.status import ShardStatus, status_line, summarize
 from shardsync.supervisor.tokens import Resend, Wait
 from shardsync.worker.options import WorkerOptions
@@ -42,7 +43,11 @@ _AUTHORIZED = frozenset({ShardState.SYNCING, ShardState.LIVE})
 
 
 class ShardTable:
-    """The shards by remainder, their restart policy, connect permits and heartbeat limits."""
+    """The shards by (divisor, remainder), their restart policy, connect permits and heartbeat limits.
+
+    Keyed by divisor too, because while a reshard runs (``resharding.py``) shard r of
+    the old divisor and shard r of the new one are two shards side by side.
+    """
 
     def __init__(
         self,
@@ -69,7 +74,7 @@ class ShardTable:
         self.on_breaker = on_breaker
         self.log = get_logger("shardsync.supervisor")
         self.pid = parent_pid
-        self.shards: dict[int, Shard] = {}
+        self.shards: dict[ShardKey, Shard] = {}
         self.policy = RestartPolicy.from_settings(settings.supervisor, rng)
         self.permits = PermitGate.from_settings(settings)
         self.limits = Limits.from_settings(settings.supervisor)
@@ -86,10 +91,15 @@ class ShardTable:
         self.permits.reconfigure_from(new)
         self.budget.reconfigure(lockout_backoff=new.tradovate.lockout_backoff,
                                 captcha_backoff=new.tradovate.captcha_backoff)
-        self.policy.set_shards(new.sync.remainders)
         self.settings = new
+        self.policy.set_shards(self.wanted() | set(self.shards))
 
     # --- queries ---------------------------------------------------------------------
+
+    def wanted(self) -> set[ShardKey]:
+        """The shards the configuration asks for."""
+        divisor = self.settings.sync.divisor
+        return {ShardKey(divisor, r) for r in self.settings.sync.remainders}
 
     def any_running(self) -> bool:
         return any(s.running for s in self.shards.values())
@@ -100,8 +110,7 @@ class ShardTable:
 
     def all_live_now(self) -> bool:
         """The table is exactly the configured shards, and every one is live right now (none parked)."""
-        wanted = set(self.settings.sync.remainders)
-        return set(self.shards) == wanted and all(
+        return set(self.shards) == self.wanted() and all(
             s.state is ShardState.LIVE and not self.parked(s) for s in self.shards.values())
 
     def status_line(self) -> str:
@@ -112,14 +121,14 @@ class ShardTable:
 
     def parked(self, shard: Shard) -> bool:
         """Parked by the restart policy (a crash loop) or by the API budget (the server keeps refusing it)."""
-        return shard.parked or self.budget.parked(shard.remainder)
+        return shard.parked or self.budget.parked(shard.key)
 
     def statuses(self, now: float, wall: float) -> tuple[ShardStatus, ...]:
-        return tuple(self._status(s, now, wall) for s in sorted(self.shards.values(), key=lambda s: s.remainder))
+        return tuple(self._status(s, now, wall) for s in sorted(self.shards.values(), key=lambda s: s.key))
 
     def _status(self, shard: Shard, now: float, wall: float) -> ShardStatus:
         status = shard.status(now, wall)
-        budget = self.budget.shard(shard.remainder)
+        budget = self.budget.shard(shard.key)
         if budget.parked:
             assert budget.parked_until is not None
             # Its worker waits for a permit that does not come: to an operator that is "parked".
@@ -131,22 +140,23 @@ class ShardTable:
     # --- workers ---------------------------------------------------------------------
 
     def add(self, remainder: int, options: WorkerOptions) -> Shard:
-        """A new shard; its worker is forked from the loop (RestartsDue), a few per pass."""
+        """A new shard of ``options.divisor``; its worker is forked from the loop (RestartsDue), a few per pass."""
         shard = Shard(remainder, options, self.procs)
         shard.next_start_at = self.clock()
         shard.taken_wall = self.wall()
-        self.shards[remainder] = shard
+        self.shards[shard.key] = shard
         return shard
 
     def spawn(self, shard: Shard) -> None:
         now = self.clock()
         pid = shard.start(now=now, wall=self.wall(), parent_pid=self.pid, selector=self.selector,
                           on_output=functools.partial(self.read_worker, shard), on_exit=self.on_exit_fd)
-        self.policy.on_start(shard.remainder, now)
+        self.policy.on_start(shard.key, now)
         token, expires_at = self.login.keeper.token, self.login.keeper.expires_at
         if token is not None:
             shard.tell(ipc.Token(token, expires_at or 0.0))
-        self.log.info("shard_started", shard=shard.remainder, worker_pid=pid, restarts=shard.restarts)
+        self.log.info("shard_started", shard=shard.remainder, divisor=shard.key.divisor, worker_pid=pid,
+                      restarts=shard.restarts)
 
     def on_exit_fd(self, mask: int) -> None:
         """A pidfd turned readable: the parent's reap (of every child, not only workers) collects the exit."""
@@ -176,18 +186,18 @@ class ShardTable:
             was_live = shard.ever_live
             before = shard.beat.state if shard.beat is not None else None
             shard.on_beat(message, now)
-            self.permits.report(shard.remainder, message.state)
+            self.permits.report(shard.key, message.state)
             if message.state in _AUTHORIZED and before not in _AUTHORIZED:
                 self.budget.authorized()
-            self.budget.progressed(shard.remainder, live=message.state is ShardState.LIVE)
+            self.budget.progressed(shard.key, live=message.state is ShardState.LIVE)
             if shard.ever_live and not was_live:
-                self.log.info("shard_live", shard=shard.remainder, entities=message.entities)
+                self.log.info("shard_live", shard=shard.remainder, divisor=shard.key.divisor, entities=message.entities)
         elif isinstance(message, ipc.Rejected):
             self.on_rejected(shard, message, now)
         elif isinstance(message, ipc.Throttled):
             self.on_throttled(message.reason, message.endpoint, message.text, now, shard=shard.remainder)
         elif isinstance(message, ipc.NeedPermit):
-            self.permits.request(shard.remainder, now)
+            self.permits.request(shard.key, now)
         elif isinstance(message, ipc.NeedToken):
             answer = self.login.keeper.on_rejected(message.rejected, self.wall())
             if isinstance(answer, Resend):
@@ -201,14 +211,14 @@ class ShardTable:
         """The server refused a request of this shard: count it; park the shard or log in again when due."""
         text = clip(message.text, MAX_TEXT)
         shard.last_error = clip(f"{message.endpoint} refused with {message.status}: {text}", MAX_TEXT)
-        decisions = self.budget.rejected(shard.remainder, message.endpoint, message.status, text, now)
-        self.log.warning("shard_refused", shard=shard.remainder, endpoint=message.endpoint, status=message.status,
-                         text=text, rejections=self.budget.shard(shard.remainder).rejections)
+        decisions = self.budget.rejected(shard.key, message.endpoint, message.status, text, now)
+        self.log.warning("shard_refused", shard=shard.remainder, divisor=shard.key.divisor, endpoint=message.endpoint,
+                         status=message.status, text=text, rejections=self.budget.shard(shard.key).rejections)
         for decision in decisions:
             if isinstance(decision, api.Park):
-                self.log.error("shard_parked", shard=decision.remainder, reason=decision.reason,
-                               retry_in=round(decision.until - now, 1), endpoint=message.endpoint,
-                               status=message.status)
+                self.log.error("shard_parked", shard=decision.key.remainder, divisor=decision.key.divisor,
+                               reason=decision.reason, retry_in=round(decision.until - now, 1),
+                               endpoint=message.endpoint, status=message.status)
             elif isinstance(decision, api.Relogin):
                 planned = self.login.keeper.evicted(decision.why, self.wall())
                 self.log.warning("session_evicted", why=decision.why, login_planned=planned)
@@ -233,9 +243,9 @@ class ShardTable:
         if self.budget.evicted():
             self.log.info("connections_resumed", why="the quota shutdowns came from our own evicted session")
 
-    def hold(self, now: float) -> Callable[[int], float | None]:
+    def hold(self, now: float) -> Callable[[ShardKey], float | None]:
         """The permit gate's hold: until when the budget keeps a shard from connecting."""
-        return lambda remainder: self.budget.hold_until(remainder, now)
+        return lambda key: self.budget.hold_until(key, now)
 
     def exited(self, pid: int, status: int) -> bool:
         """``pid`` was reaped: handle it if it was a worker (and say so)."""
@@ -252,30 +262,28 @@ class ShardTable:
         for message in shard.detach(self.selector):
             self.on_message(shard, message, now)
         shard.beat = None
-        self.permits.forget(shard.remainder)
+        self.permits.forget(shard.key)
         how = describe(status)
         uptime = round(now - shard.started_at, 3)
         if expected:
-            self.log.info("shard_stopped", shard=shard.remainder, status=how, uptime=uptime)
+            self.log.info("shard_stopped", shard=shard.remainder, divisor=shard.key.divisor, status=how, uptime=uptime)
         else:
-            self.log.warning("shard_exited", shard=shard.remainder, status=how, uptime=uptime, hung=hung)
+            self.log.warning("shard_exited", shard=shard.remainder, divisor=shard.key.divisor, status=how,
+                             uptime=uptime, hung=hung)
             shard.last_error = f"worker {how}" + (" (hung)" if hung else "")
         if self.stopping:
             shard.phase = ShardState.STOPPED
             return
         then, shard.then = shard.then, Then.POLICY
         if then is Then.REMOVE:
-            del self.shards[shard.remainder]
-            self.policy.forget(shard.remainder)
-            self.budget.forget(shard.remainder)
-            self.policy.set_shards(self.shards)
+            self.drop(shard.key)
             return
         if then is Then.RESTART:
-            self.policy.on_exit(shard.remainder, now, expected=True)
+            self.policy.on_exit(shard.key, now, expected=True)
             shard.phase = ShardState.STARTING
             shard.next_start_at = now
             return
-        self.apply_policy(shard, self.policy.on_exit(shard.remainder, now, expected=expected), now)
+        self.apply_policy(shard, self.policy.on_exit(shard.key, now, expected=expected), now)
 
     def apply_policy(self, shard: Shard, decision: Restart | Park | Escalate | None, now: float) -> None:
         if decision is None:
@@ -292,7 +300,7 @@ class ShardTable:
             shard.parked = True
             shard.parked_reason = decision.reason
             shard.next_start_at = decision.until
-            self.log.error("shard_parked", shard=shard.remainder, reason=decision.reason,
+            self.log.error("shard_parked", shard=shard.remainder, divisor=shard.key.divisor, reason=decision.reason,
                            retry_in=round(decision.until - now, 1))
         else:
             self.log.critical("global_breaker_tripped", reason=decision.reason)
@@ -312,9 +320,9 @@ class ShardTable:
             shard.kill_at = verdict.kill_at
 
     def grant_permits(self, now: float) -> None:
-        for remainder in self.permits.grant(now, self.hold(now)):
-            self.budget.granted(remainder, now)
-            holder = self.shards.get(remainder)
+        for key in self.permits.grant(now, self.hold(now)):
+            self.budget.granted(key, now)
+            holder = self.shards.get(key)
             if holder is not None and holder.running:
                 holder.tell(ipc.Permit())
 
@@ -342,12 +350,11 @@ class ShardTable:
 
     def carry_out_step(self, step: Step, now: float) -> None:
         """One remainder's step of a reload plan, exactly as planned."""
-        shard = self.shards.get(step.remainder)
+        key = ShardKey(self.settings.sync.divisor, step.remainder)
+        shard = self.shards.get(key)
         if step.row is None:
             if shard is not None:
-                del self.shards[step.remainder]
-                self.policy.forget(step.remainder)
-                self.budget.forget(step.remainder)
+                self.drop(key)
             return
         if shard is None:
             shard = self.add(step.remainder, step.row.options)
@@ -356,3 +363,22 @@ class ShardTable:
             shard.request_stop(now, self.settings.supervisor.shutdown_timeout)
         if step.start_now:
             shard.next_start_at = now
+
+    def drop(self, key: ShardKey) -> None:
+        """The shard leaves the table (its worker, if any, is reaped): nothing remembers it."""
+        del self.shards[key]
+        self.policy.forget(key)
+        self.budget.forget(key)
+        self.policy.set_shards(self.wanted() | set(self.shards))
+
+    def stop_and_drop(self, key: ShardKey, now: float) -> None:
+        """A reshard is done with this shard: it leaves the table now, or once its worker is reaped."""
+        shard = self.shards.get(key)
+        if shard is None:
+            return
+        if not shard.running:
+            self.drop(key)
+            return
+        if shard.then is Then.POLICY:
+            shard.request_stop(now, self.settings.supervisor.shutdown_timeout)
+        shard.then = Then.REMOVE

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from shardsync.supervisor.login import Login
     from shardsync.supervisor.notify import Notifier
     from shardsync.supervisor.readiness import Ready
+    from shardsync.supervisor.resharding import Resharding
     from shardsync.supervisor.retirer import Retirer
     from shardsync.supervisor.shard import Shard
     from shardsync.supervisor.table import ShardTable
@@ -39,6 +40,7 @@ class Loop(Protocol):
     table: ShardTable
     login: Login
     retirer: Retirer
+    resharding: Resharding | None
 
     @property
     def status_server(self) -> StatusServer | None: ...
@@ -48,12 +50,15 @@ class Loop(Protocol):
 
     def become_ready(self, ready: Ready) -> None: ...
 
+    def advance_reshard(self, now: float) -> None: ...
+
 __all__ = [
     "SPAWNS_PER_PASS",
     "LoginDeadline",
     "LoginDue",
     "PermitGrants",
     "Readiness",
+    "ReshardDue",
     "RestartsDue",
     "RetireDue",
     "StatusExpiry",
@@ -125,10 +130,10 @@ class RestartsDue:
     def next_at(self, now: float) -> float | None:
         if self.arbiter.stopping:
             return None
-        return min((at for s in self.arbiter.shards.values() if (at := _start_at(s)) is not None), default=None)
+        return min((at for s in self.arbiter.table.shards.values() if (at := _start_at(s)) is not None), default=None)
 
     def run_due(self, now: float) -> None:
-        due = [s for s in self.arbiter.shards.values() if (at := _start_at(s)) is not None and at <= now]
+        due = [s for s in self.arbiter.table.shards.values() if (at := _start_at(s)) is not None and at <= now]
         # The rest stay due: the loop's next select has a zero timeout and comes back here.
         for shard in due[:SPAWNS_PER_PASS]:
             self.arbiter.table.spawn(shard)
@@ -142,12 +147,12 @@ class WorkerDeadlines:
 
     def next_at(self, now: float) -> float | None:
         limits = self.arbiter.table.limits
-        ats = (hang.next_check(s, limits) for s in self.arbiter.shards.values() if s.running)
+        ats = (hang.next_check(s, limits) for s in self.arbiter.table.shards.values() if s.running)
         return min((at for at in ats if at is not None), default=None)
 
     def run_due(self, now: float) -> None:
         limits = self.arbiter.table.limits
-        for shard in list(self.arbiter.shards.values()):
+        for shard in list(self.arbiter.table.shards.values()):
             if shard.running and (verdict := hang.verdict(shard, limits, now)) is not None:
                 self.arbiter.table.carry_out(shard, verdict)
 
@@ -259,13 +264,31 @@ class RetireDue:
         call = arb.retirer.call
         if call is not None:
             return call.deadline
-        if arb.stopping or not arb.retirer.pending or not arb.table.all_live_now():
+        if arb.stopping:
             return None
-        return now
+        if arb.retirer.ready or (arb.retirer.pending and arb.table.all_live_now()):
+            return now
+        return None
 
     def run_due(self, now: float) -> None:
         arb = self.arbiter
         if arb.retirer.call is not None:
             arb.retirer.kill_slow()
         else:
-            arb.retirer.start(arb.settings, now)
+            arb.retirer.start(arb.settings, now, gated=arb.table.all_live_now())
+
+
+class ReshardDue:
+    """Carry a resharding forward whenever its current move can go on (a new shard live or failed)."""
+
+    def __init__(self, arbiter: Loop) -> None:
+        self.arbiter = arbiter
+
+    def next_at(self, now: float) -> float | None:
+        arb = self.arbiter
+        if arb.stopping or arb.resharding is None or not arb.resharding.due(arb.table):
+            return None
+        return now
+
+    def run_due(self, now: float) -> None:
+        self.arbiter.advance_reshard(now)
