@@ -337,6 +337,21 @@ def test_retire_marks_the_shard_and_keeps_its_rows(dsn: str) -> None:
     assert query(dsn, "SELECT count(*) FROM entities") == [(1,)]
 
 
+def test_retiring_a_replaced_shard_drops_its_state_and_keeps_its_change_log(dsn: str) -> None:
+    """retire(replaced=True), a resharding's old shard once its new shards are live: its entities rows go in the
+    transaction that marks it retired, its change log stays for followers; other shards' rows are untouched."""
+    with open_(dsn) as sink:
+        sink.write([change("Created", account(1)), change("Created", account(2))], LIVE)
+    with open_(dsn, remainder=1, divisor=8) as other:
+        other.write([change("Created", account(9))], LIVE)
+    retire("postgres", dsn=dsn, remainder=3, divisor=16, replaced=True)
+    assert query(dsn, "SELECT divisor, shard FROM entities") == [(8, 1)]
+    assert query(dsn, "SELECT divisor, shard, count(*) FROM events GROUP BY divisor, shard ORDER BY divisor") == [
+        (8, 1, 1), (16, 3, 2)]
+    assert query(dsn, "SELECT divisor, remainder, state FROM shard_status ORDER BY divisor") == [
+        (8, 1, "live"), (16, 3, "retired")]
+
+
 #: sinks/postgres.py's SCHEMA before schema_version existed, verbatim.
 POSTGRES_V1 = (
     """CREATE TABLE IF NOT EXISTS entities (

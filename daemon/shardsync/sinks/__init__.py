@@ -73,13 +73,20 @@ def open_sink(kind: str, *, path: str = "", dsn: str = "", remainder: int, divis
     return cls(where, remainder=remainder, divisor=divisor)  # type: ignore[call-arg]
 
 
-def retire(kind: str, *, path: str = "", dsn: str = "", remainder: int, divisor: int) -> None:
+def retire(kind: str, *, path: str = "", dsn: str = "", remainder: int, divisor: int, replaced: bool = False) -> None:
     """Mark a no-longer-owned shard ``retired``; sqlite/jsonl also move its files to ``<path>/retired/``.
 
     Takes the shard's writer lock (SinkError while a worker still writes it).
     A file shard that has no file is left alone; PostgreSQL always gets (or
-    keeps) a status row saying ``retired``, and its rows stay in the tables.
+    keeps) a status row saying ``retired``; its ``entities`` rows go in the
+    same transaction when it was ``replaced`` (a resharding whose new shards
+    are live and committed), else they stay.  The change log stays either way
+    (followers drain it; retention prunes it).
     """
     entry = _kind(kind)
     where = path if entry.target == "path" else dsn
-    importlib.import_module(entry.module).retire(where, remainder=remainder, divisor=divisor)
+    module = importlib.import_module(entry.module)
+    if entry.target == "path":
+        module.retire(where, remainder=remainder, divisor=divisor)
+    else:
+        module.retire(where, remainder=remainder, divisor=divisor, replaced=replaced)

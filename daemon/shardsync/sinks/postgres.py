@@ -208,11 +208,14 @@ class PostgresSink(Sink):
         if freshness is not None:
             self._marked = freshness.state
 
-    def mark(self, freshness: Freshness) -> None:
+    def mark(self, freshness: Freshness, *, drop_entities: bool = False) -> None:
         self.check_freshness(freshness)
         conn = self._connection()
         try:
             with conn.transaction(), conn.cursor() as cursor:
+                if drop_entities:
+                    cursor.execute("DELETE FROM entities WHERE divisor = %s AND shard = %s",
+                                   (self.divisor, self.remainder))
                 cursor.execute(STATUS, freshness.row())
                 if freshness.state != self._marked:
                     # A state change wakes followers (they report shards that are not live).
@@ -275,10 +278,12 @@ class PostgresSink(Sink):
                 conn.close()
 
 
-def retire(dsn: str, *, remainder: int, divisor: int) -> None:
-    """Mark the shard ``retired`` in ``shard_status`` (its rows stay; consumers filter on the state).
+def retire(dsn: str, *, remainder: int, divisor: int, replaced: bool = False) -> None:
+    """Mark the shard ``retired`` in ``shard_status``; when ``replaced``, drop its ``entities`` rows with it.
 
     Takes the shard's writer lock, so it fails (SinkError) while a worker still writes it.
+    Not ``replaced`` (a remainder this host gave up), its rows stay: gone rows
+    would read as "no position", stale ones are marked.
     """
     with PostgresSink(dsn, remainder=remainder, divisor=divisor) as sink:
-        sink.mark(retired_status(sink.status(), remainder, divisor))
+        sink.mark(retired_status(sink.status(), remainder, divisor), drop_entities=replaced)

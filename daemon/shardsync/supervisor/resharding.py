@@ -215,7 +215,7 @@ def _job(shard: Shard) -> RetireJob:
     o = shard.options
     files = o.sink_kind in FILE_KINDS
     return RetireJob(o.sink_kind, o.sink_path if files else "", "" if files else o.sink_dsn, shard.remainder,
-                     o.divisor)
+                     o.divisor, replaced=True)
 
 
 def _live(table: ShardTable, shard: Shard | None) -> bool:

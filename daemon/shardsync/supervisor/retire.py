@@ -42,6 +42,9 @@ class RetireJob:
     dsn: str
     remainder: int
     divisor: int
+    #: Its replacements are live and committed (a resharding's old shard): PostgreSQL drops its current-state
+    #: rows too, so a query of ``entities`` never counts an account twice. Otherwise they stay, marked retired.
+    replaced: bool = False
 
 
 def owned(job: RetireJob, settings: Settings) -> bool:

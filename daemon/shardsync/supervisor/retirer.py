@@ -36,7 +36,8 @@ def retire_all(jobs: Iterable[RetireJob]) -> list[dict[str, Any]]:
     for job in jobs:
         result: dict[str, Any] = {"kind": job.kind, "remainder": job.remainder, "divisor": job.divisor}
         try:
-            sinks.retire(job.kind, path=job.path, dsn=job.dsn, remainder=job.remainder, divisor=job.divisor)
+            sinks.retire(job.kind, path=job.path, dsn=job.dsn, remainder=job.remainder, divisor=job.divisor,
+                         replaced=job.replaced)
         except Exception as exc:
             result["error"] = clip(f"{type(exc).__name__}: {exc}")
         results.append(result)
