@@ -343,7 +343,7 @@ def test_retiring_a_replaced_shard_drops_its_state_and_keeps_its_change_log(dsn:
     with open_(dsn) as sink:
         sink.write([change("Created", account(1)), change("Created", account(2))], LIVE)
     with open_(dsn, remainder=1, divisor=8) as other:
-        other.write([change("Created", account(9))], LIVE)
+        other.write([change("Created", account(9))], dataclasses.replace(LIVE, remainder=1, divisor=8))
     retire("postgres", dsn=dsn, remainder=3, divisor=16, replaced=True)
     assert query(dsn, "SELECT divisor, shard FROM entities") == [(8, 1)]
     assert query(dsn, "SELECT divisor, shard, count(*) FROM events GROUP BY divisor, shard ORDER BY divisor") == [
