@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from .catalogue import KINDS, PENDING, default_kinds, excluded_kinds
+from .catalogue import KINDS, default_kinds
 from .figures import summary
 from .launch import VARIANTS
 from .runner import run
@@ -26,19 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--seed", type=int, help="run one seed (its schedule is printed as it runs)")
     which.add_argument("--seeds", type=_seeds, help="a campaign: 1-200, or 3,7,10-12")
-    parser.add_argument("--kinds", help=f"comma-separated fault kinds (default: all but pending ones); "
+    parser.add_argument("--kinds", help=f"comma-separated fault kinds (default: all); "
                                         f"known: {', '.join(KINDS)}")
-    parser.add_argument("--all-kinds", action="store_true",
-                        help=f"include the kinds that wait for a feature ({', '.join(sorted(PENDING))})")
     parser.add_argument("--variant", choices=VARIANTS, help="run a deliberately broken daemon (must fail)")
     parser.add_argument("--keep", action="store_true", help="keep every run's directory (failed ones always are)")
     args = parser.parse_args(argv)
-    kinds = args.kinds.split(",") if args.kinds else (list(KINDS) if args.all_kinds else list(default_kinds()))
-    pending = frozenset() if args.all_kinds else PENDING
-    left_out = {k: f for k, f in excluded_kinds().items() if k not in kinds}
-    if left_out:
-        print("left out (feature not on this branch): "
-              + ", ".join(f"{k} (needs {f})" for k, f in sorted(left_out.items())))
+    kinds = args.kinds.split(",") if args.kinds else list(default_kinds())
     seeds = [args.seed] if args.seed is not None else args.seeds
     results = []
     began = time.monotonic()
@@ -47,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         say = print if args.seed is not None else None
         if say is not None:
             print(f"seed {seed}: setup {schedule.setup}")
-        result = run(schedule, variant=args.variant, keep=args.keep, pending=pending, say=say)
+        result = run(schedule, variant=args.variant, keep=args.keep, say=say)
         results.append(result)
         print(result.report(), flush=True)
     if len(results) > 1:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .catalogue import PENDING, QUOTA_SETTLE, SETTLE
+from .catalogue import QUOTA_SETTLE, SETTLE
 from .schedule import Fault
 
 Key = tuple[str, int]
@@ -77,6 +77,8 @@ class Row:
     entity_type: str
     event_type: str
     id: int | None
+    #: A rejected row's entity id as received (it may be the part no sink can store); None otherwise.
+    refused_id: object = None
 
 
 @dataclass
@@ -103,7 +105,6 @@ class Observed:
     quiesced: float
     converged: bool
     zombies: list[int] = field(default_factory=list)
-    pending: frozenset[str] = PENDING
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -148,7 +149,7 @@ def convergence(seen: Observed) -> list[str]:
             out.append(f"shard {remainder}: missing from /status")
         elif shard.get("state") != "live":
             out.append(f"shard {remainder}: /status state {shard.get('state')!r}")
-        if "shard_status" not in seen.pending and seen.sink_states.get(remainder) != "live":
+        if seen.sink_states.get(remainder) != "live":
             out.append(f"shard {remainder}: shard_status state {seen.sink_states.get(remainder)!r}")
     for remainder in sorted(set(seen.status) - set(seen.remainders)):
         out.append(f"shard {remainder}: in /status but not configured")
@@ -277,16 +278,17 @@ def logins(seen: Observed, journal: Sequence[Executed], config: Config) -> list[
 
 
 def quarantine(seen: Observed, journal: Sequence[Executed]) -> list[str]:
-    """A poisoned shard kept the bad entity in its change log as ``rejected`` (and never in its sink)."""
-    if "quarantine" in seen.pending:
-        return []
+    """Each poison entity is in its shard's change log as a ``rejected`` row of its own id (the convergence
+    check sees that it never reached the sink)."""
     out = []
     for executed in journal:
-        if executed.fault.kind != "poison" or not executed.notes.get("poisoned"):
+        bad = executed.notes.get("poisoned")
+        if executed.fault.kind != "poison" or not bad:
             continue
         shard = executed.fault.targets[0]
-        if not any(row.origin == "rejected" for row in seen.changes.get(shard, [])):
-            out.append(f"shard {shard}: poison {executed.notes['poisoned']} left no rejected row")
+        if not any(row.origin == "rejected" and row.entity_type == bad["entityType"]
+                   and str(row.refused_id) == str(bad["id"]) for row in seen.changes.get(shard, [])):
+            out.append(f"shard {shard}: poison {bad} left no rejected row of its id")
     return out
 
 
