@@ -29,7 +29,7 @@ from .catalogue import QUOTA_SETTLE
 from .collect import observe, sink_state, status_or_empty, zombies
 from .faults import carry_out, poll
 from .oracle import Executed, exit_clean, judge, lines
-from .schedule import DIVISOR, Schedule
+from .schedule import DIVISOR, Schedule, make
 from .world import SECTIONS, World, judged_config
 
 #: Seconds after quiescence within which every shard must have converged.
@@ -232,3 +232,8 @@ def run(schedule: Schedule, *, variant: str | None = None, keep: bool = False,
             shutil.rmtree(home, ignore_errors=True)
             result.home = None
     return result
+
+
+def run_seed(seed: int, kinds: list[str], variant: str | None = None, keep: bool = False) -> Result:
+    """:func:`run` of one seed's schedule (a campaign's unit of work, picklable for a process pool)."""
+    return run(make(seed, kinds), variant=variant, keep=keep)
