@@ -151,6 +151,22 @@ def test_tolerances_are_the_stated_ones() -> None:
     assert not violations(seen, journal)
 
 
+def test_a_pause_of_every_handshake_holds_a_targets_reconnect_back() -> None:
+    """A reconnect long after its fault is explained while the parent paused every handshake (a quota
+    shutdown) until SETTLE after the pause, or after its early connections_resumed; never before its fault."""
+    seen, journal = good()
+    seen.subscriptions[2].update(closed_at=T0 + 29)
+    seen.subscriptions.append({"conn": 5, "remainder": 1, "synced_at": T0 + 30, "closed_at": None})
+    assert set(violations(seen, journal)) == {"isolation"}  # 25 s after the fault, nothing to explain it
+    seen.logs.append(log("connections_paused", T0 + 12, reason="quota", shard=0, resume_in=20.0))
+    assert not violations(seen, journal)  # held until T0 + 32, explained until T0 + 42
+    seen.logs.append(log("connections_resumed", T0 + 14))
+    assert set(violations(seen, journal)) == {"isolation"}  # resumed early: explained only until T0 + 24
+    seen.logs.pop()
+    seen.logs[-1] = log("connections_paused", T0 + 16, reason="quota", shard=0, resume_in=20.0)
+    assert set(violations(seen, journal)) == {"isolation"}  # the pause began after the fault's window closed
+
+
 def test_a_quarantined_poison_passes() -> None:
     """A poison whose own id is in a rejected row of its shard's change log passes (ids past 64 bits too)."""
     seen, journal = good()
