@@ -24,6 +24,7 @@ from shardsync.sinks.base import (
     Sink,
     SinkError,
     SinkState,
+    SinkUnavailable,
     shard_file_name,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "SinkError",
     "SinkKind",
     "SinkState",
+    "SinkUnavailable",
     "open_sink",
     "retire",
     "shard_file_name",
