@@ -30,6 +30,14 @@ def change_log(path: Path) -> list[Row]:
             for seq, at, origin, entity_type, event_type, ident, data in rows]
 
 
+def history_log(path: Path) -> list[Row]:
+    """The change log of a shard across its files: every generation a removal retired (``retired/``,
+    ``retired/N/``) first, then the current file.  A shard removed and re-added starts a new file, and what
+    its earlier workers wrote (a quarantined entity, a deletion) is judged all the same."""
+    retired = sorted(path.parent.glob(f"retired/**/{path.name}"), key=lambda p: p.stat().st_mtime)
+    return [row for generation in (*retired, path) for row in change_log(generation)]
+
+
 def _refused_id(data: str | bytes | None) -> object:
     """The id a rejected row's record names (its entity's, or its kept scalar fields')."""
     if data is None:
@@ -80,7 +88,7 @@ def observe(world: World, *, began: float, quiesced: float, converged: bool, zom
         remainders=list(world.remainders),
         sinks=sinks(world),
         truths=truths(world),
-        changes={r: change_log(daemon.db_path(r)) for r in world.remainders},
+        changes={r: history_log(daemon.db_path(r)) for r in world.remainders},
         sink_states={r: sink_state(daemon.db_path(r)) for r in world.remainders},
         status=status_or_empty(world),
         history={key: list(spans) for key, spans in sim.history().items()},
