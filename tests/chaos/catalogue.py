@@ -4,9 +4,7 @@
 while the fault lasts (plus ``SETTLE`` seconds, or ``QUOTA_SETTLE`` after a
 quota shutdown).  Kinds that are not aimed (a SIGHUP of an unchanged or a
 broken file) may disturb no shard at all.  ``kills`` is how many worker exits
-the parent must count as failures (and restart) for the kind.  A kind that
-``needs`` a feature not on this branch yet is left out unless asked for
-(:data:`PENDING`), and the report says so.
+the parent must count as failures (and restart) for the kind.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ class Kind:
     weight: int
     aimed: bool = True
     kills: int = 0
-    needs: str | None = None
     help: str = ""
 
 
@@ -42,16 +39,11 @@ KINDS: Final[dict[str, Kind]] = {k.name: k for k in (
     Kind("hup_readd_fast", 2, help="remove and re-add one remainder while its worker is still stopping"),
     Kind("hup_broken", 1, aimed=False, help="SIGHUP with a broken file (syntax, a bad value, an unknown key)"),
     Kind("split_spaced", 3, help="the target resyncs from a split snapshot, parts spaced under the quiet period"),
-    Kind("split_slow", 2, needs="deletion_grace",
-         help="the target resyncs from a split snapshot, parts spaced beyond the quiet period"),
+    Kind("split_slow", 2, help="the target resyncs from a split snapshot, parts spaced beyond the quiet period"),
     Kind("malformed", 2, help="one broken frame (truncated, not an array, bad UTF-8, unknown letter)"),
     Kind("oversized", 1, help="one frame above max_message_bytes"),
-    Kind("poison", 2, needs="quarantine", help="an entity no sink can store, in the target's snapshots or live"),
+    Kind("poison", 2, help="an entity no sink can store, in the target's snapshots or live"),
 )}
-
-#: Features of other branches the campaign has faults or checks for, not on this branch yet.
-#: Remove a name once its feature is merged: its kinds join the default set, its checks turn on.
-PENDING: Final[frozenset[str]] = frozenset({"deletion_grace", "quarantine", "shard_status"})
 
 #: Seconds after a fault's end within which its target may still reconnect or restart.
 SETTLE: Final = 10.0
@@ -59,11 +51,6 @@ SETTLE: Final = 10.0
 QUOTA_SETTLE: Final = 75.0
 
 
-def default_kinds(pending: frozenset[str] = PENDING) -> tuple[str, ...]:
-    """Every kind whose feature is here."""
-    return tuple(name for name, kind in KINDS.items() if kind.needs is None or kind.needs not in pending)
-
-
-def excluded_kinds(pending: frozenset[str] = PENDING) -> dict[str, str]:
-    """The kinds left out by default, with the feature each waits for."""
-    return {name: kind.needs for name, kind in KINDS.items() if kind.needs is not None and kind.needs in pending}
+def default_kinds() -> tuple[str, ...]:
+    """Every kind, in catalogue order (a seed draws from these unless told otherwise)."""
+    return tuple(KINDS)

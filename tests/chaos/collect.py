@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import urllib.error
 from pathlib import Path
@@ -20,12 +21,31 @@ def change_log(path: Path) -> list[Row]:
         return []
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     try:
-        rows = conn.execute(
-            "SELECT seq, received_at, origin, entity_type, event_type, id FROM events ORDER BY seq").fetchall()
+        rows = conn.execute("SELECT seq, received_at, origin, entity_type, event_type, id, "
+                            "CASE origin WHEN 'rejected' THEN data END FROM events ORDER BY seq").fetchall()
     finally:
         conn.close()
-    return [Row(int(seq), epoch(at), origin, entity_type, event_type, ident if isinstance(ident, int) else None)
-            for seq, at, origin, entity_type, event_type, ident in rows]
+    return [Row(int(seq), epoch(at), origin, entity_type, event_type, ident if isinstance(ident, int) else None,
+                _refused_id(data))
+            for seq, at, origin, entity_type, event_type, ident, data in rows]
+
+
+def history_log(path: Path) -> list[Row]:
+    """The change log of a shard across its files: every generation a removal retired (``retired/``,
+    ``retired/N/``) first, then the current file.  A shard removed and re-added starts a new file, and what
+    its earlier workers wrote (a quarantined entity, a deletion) is judged all the same."""
+    retired = sorted(path.parent.glob(f"retired/**/{path.name}"), key=lambda p: p.stat().st_mtime)
+    return [row for generation in (*retired, path) for row in change_log(generation)]
+
+
+def _refused_id(data: str | bytes | None) -> object:
+    """The id a rejected row's record names (its entity's, or its kept scalar fields')."""
+    if data is None:
+        return None
+    # json, not orjson: an id past 64 bits (a poison) must come back as the number it was.
+    record = json.loads(data)
+    kept = record.get("entity") if isinstance(record.get("entity"), dict) else record.get("fields")
+    return kept.get("id") if isinstance(kept, dict) else None
 
 
 def sink_state(path: Path) -> str | None:
@@ -68,7 +88,7 @@ def observe(world: World, *, began: float, quiesced: float, converged: bool, zom
         remainders=list(world.remainders),
         sinks=sinks(world),
         truths=truths(world),
-        changes={r: change_log(daemon.db_path(r)) for r in world.remainders},
+        changes={r: history_log(daemon.db_path(r)) for r in world.remainders},
         sink_states={r: sink_state(daemon.db_path(r)) for r in world.remainders},
         status=status_or_empty(world),
         history={key: list(spans) for key, spans in sim.history().items()},

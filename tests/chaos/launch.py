@@ -25,26 +25,30 @@ VARIANTS = ("no_deletions", "props_early", "forget_readd")
 def _no_deletions() -> None:
     from shardsync.mirror import Mirror
 
-    original = Mirror.diff_snapshot
+    def _vanished(self: Mirror, snapshot: Mapping[Any, Any], scope: Any) -> list[Any]:
+        # Whatever the mirror holds counts as still there: nothing ever vanishes from a snapshot, whether its
+        # deletions apply at once or are held as provisional (both start from this list).
+        return []
 
-    def diff_snapshot(self: Mirror, snapshot: Mapping[Any, Any], *args: Any, **kwargs: Any) -> Any:
-        # Whatever the mirror holds counts as still there: nothing ever vanishes.
-        merged = dict(self.items())
-        merged.update(snapshot)
-        return original(self, merged, *args, **kwargs)
-
-    Mirror.diff_snapshot = diff_snapshot  # type: ignore[method-assign]
+    Mirror._vanished = _vanished  # type: ignore[method-assign]
 
 
 def _props_early() -> None:
+    from shardsync.protocol import PropsEvent, SystemEvent
     from shardsync.worker.session import Worker
 
-    original = Worker._dispatch
+    original = Worker._on_message
 
-    def _dispatch(self: Worker, message: object, assembler: Any, reconciled: bool, received_at: str) -> None:
-        original(self, message, assembler, True, received_at)
+    def _on_message(self: Worker, message: object, received_at: str) -> None:
+        # Live events applied as they come while the snapshot is still being assembled (once the session has a
+        # reconciler), instead of buffered until it is reconciled.
+        if (isinstance(message, PropsEvent | SystemEvent) and not self._live and self._assembler is not None
+                and self._reconciler is not None):
+            self._apply(message, received_at)
+            return
+        original(self, message, received_at)
 
-    Worker._dispatch = _dispatch  # type: ignore[method-assign]
+    Worker._on_message = _on_message  # type: ignore[method-assign]
 
 
 def _forget_readd() -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .catalogue import PENDING, QUOTA_SETTLE, SETTLE
+from .catalogue import QUOTA_SETTLE, SETTLE
 from .schedule import Fault
 
 Key = tuple[str, int]
@@ -50,9 +50,19 @@ class Executed:
         quota = self.fault.kind == "shutdown" and self.fault.params.get("reason") != "Maintenance"
         return QUOTA_SETTLE if quota else SETTLE
 
-    def covers(self, shard: int, at: float) -> bool:
-        """Whether this fault may explain a disturbance of ``shard`` at ``at``."""
-        return shard in self.fault.targets and self.started - 0.05 <= at <= self.ended + self.settle
+    def covers(self, shard: int, at: float, pauses: Sequence[Interval] = ()) -> bool:
+        """Whether this fault may explain a disturbance of ``shard`` at ``at``.
+
+        A pause of every handshake (``pauses``, the parent's after a quota shutdown) that began before this
+        fault's window closed holds its target's reconnect back: the window then lasts until SETTLE after it.
+        """
+        if shard not in self.fault.targets or at < self.started - 0.05:
+            return False
+        until = self.ended + self.settle
+        for began, ended in pauses:
+            if began <= until and ended is not None:
+                until = max(until, ended + SETTLE)
+        return at <= until
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,8 @@ class Row:
     entity_type: str
     event_type: str
     id: int | None
+    #: A rejected row's entity id as received (it may be the part no sink can store); None otherwise.
+    refused_id: object = None
 
 
 @dataclass
@@ -103,7 +115,6 @@ class Observed:
     quiesced: float
     converged: bool
     zombies: list[int] = field(default_factory=list)
-    pending: frozenset[str] = PENDING
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -148,7 +159,7 @@ def convergence(seen: Observed) -> list[str]:
             out.append(f"shard {remainder}: missing from /status")
         elif shard.get("state") != "live":
             out.append(f"shard {remainder}: /status state {shard.get('state')!r}")
-        if "shard_status" not in seen.pending and seen.sink_states.get(remainder) != "live":
+        if seen.sink_states.get(remainder) != "live":
             out.append(f"shard {remainder}: shard_status state {seen.sink_states.get(remainder)!r}")
     for remainder in sorted(set(seen.status) - set(seen.remainders)):
         out.append(f"shard {remainder}: in /status but not configured")
@@ -186,8 +197,22 @@ def ownership(seen: Observed) -> list[str]:
     return out
 
 
+def pauses(logs: Sequence[dict[str, Any]]) -> list[Interval]:
+    """The parent's pauses of every shard's handshakes (``connections_paused``, until its ``resume_in`` or
+    an earlier ``connections_resumed``), in order."""
+    out: list[Interval] = []
+    resumed = sorted(epoch(line["timestamp"]) for line in lines(logs, "connections_resumed"))
+    for line in lines(logs, "connections_paused"):
+        began = epoch(line["timestamp"])
+        ended = began + float(line["resume_in"])
+        ended = min([ended, *(at for at in resumed if began <= at <= ended)])
+        out.append((began, ended))
+    return out
+
+
 def isolation(seen: Observed, journal: Sequence[Executed]) -> list[str]:
-    """A fault aimed at some shards changed no other shard's worker pid or connection."""
+    """A fault aimed at some shards changed no other shard's worker pid or connection (a pause of every
+    handshake holds a target's reconnect back, see :meth:`Executed.covers`)."""
     disturbances: list[tuple[int, float, str]] = []
     for line in lines(seen.logs, "shard_started"):
         at = epoch(line["timestamp"])
@@ -196,9 +221,10 @@ def isolation(seen: Observed, journal: Sequence[Executed]) -> list[str]:
     for record in seen.subscriptions:
         if record.get("remainder") is not None and record["synced_at"] >= seen.began:
             disturbances.append((int(record["remainder"]), record["synced_at"], f"subscription {record['conn']}"))
+    held = pauses(seen.logs)
     out = []
     for shard, at, what in sorted(disturbances, key=lambda d: d[1]):
-        if not any(e.covers(shard, at) for e in journal):
+        if not any(e.covers(shard, at, held) for e in journal):
             out.append(f"shard {shard}: {what} at {at - seen.began:.2f}s into the faults, no fault aimed at it")
     return out
 
@@ -277,16 +303,17 @@ def logins(seen: Observed, journal: Sequence[Executed], config: Config) -> list[
 
 
 def quarantine(seen: Observed, journal: Sequence[Executed]) -> list[str]:
-    """A poisoned shard kept the bad entity in its change log as ``rejected`` (and never in its sink)."""
-    if "quarantine" in seen.pending:
-        return []
+    """Each poison entity is in its shard's change log as a ``rejected`` row of its own id (the convergence
+    check sees that it never reached the sink)."""
     out = []
     for executed in journal:
-        if executed.fault.kind != "poison" or not executed.notes.get("poisoned"):
+        bad = executed.notes.get("poisoned")
+        if executed.fault.kind != "poison" or not bad:
             continue
         shard = executed.fault.targets[0]
-        if not any(row.origin == "rejected" for row in seen.changes.get(shard, [])):
-            out.append(f"shard {shard}: poison {executed.notes['poisoned']} left no rejected row")
+        if not any(row.origin == "rejected" and row.entity_type == bad["entityType"]
+                   and str(row.refused_id) == str(bad["id"]) for row in seen.changes.get(shard, [])):
+            out.append(f"shard {shard}: poison {bad} left no rejected row of its id")
     return out
 
 

@@ -25,11 +25,11 @@ from typing import Any, Final
 import orjson
 from harness import alive, children
 
-from .catalogue import PENDING, QUOTA_SETTLE
+from .catalogue import QUOTA_SETTLE
 from .collect import observe, sink_state, status_or_empty, zombies
 from .faults import carry_out, poll
 from .oracle import Executed, exit_clean, judge, lines
-from .schedule import DIVISOR, Schedule
+from .schedule import DIVISOR, Schedule, make
 from .world import SECTIONS, World, judged_config
 
 #: Seconds after quiescence within which every shard must have converged.
@@ -85,7 +85,7 @@ def _fingerprint(world: World, states: dict[int, str]) -> str:
     return digest.hexdigest()
 
 
-def converged_now(world: World, pending: frozenset[str]) -> tuple[bool, bool, dict[int, str]]:
+def converged_now(world: World) -> tuple[bool, bool, dict[int, str]]:
     """(converged, every present shard live, states) at this instant."""
     status = status_or_empty(world)
     states = {r: str(s["state"]) for r, s in status.items()}
@@ -94,7 +94,7 @@ def converged_now(world: World, pending: frozenset[str]) -> tuple[bool, bool, di
         return False, all_live, states
     if world.sim.connections() != {r: 1 for r in world.remainders}:
         return False, all_live, states
-    if "shard_status" not in pending and any(sink_state(world.d.db_path(r)) != "live" for r in world.remainders):
+    if any(sink_state(world.d.db_path(r)) != "live" for r in world.remainders):
         return False, all_live, states
     same = all(world.d.sink_entities(r) == world.d.truth(r) for r in world.remainders)
     return same, all_live, states
@@ -107,7 +107,7 @@ def _identity(world: World) -> tuple[object, ...]:
     return (pids, conns)
 
 
-def converge(world: World, deadline: float, pending: frozenset[str]) -> float | None:
+def converge(world: World, deadline: float) -> float | None:
     """Poll until converged for HOLD seconds: when that began (monotonic); None at the deadline, when the
     daemon died, or once it is stuck."""
     mark: tuple[str, float] | None = None
@@ -116,7 +116,7 @@ def converge(world: World, deadline: float, pending: frozenset[str]) -> float | 
         daemon = world.d
         if daemon.proc is not None and daemon.proc.poll() is not None:
             return None
-        done, all_live, states = converged_now(world, pending)
+        done, all_live, states = converged_now(world)
         now = time.monotonic()
         if done:
             identity = _identity(world)
@@ -181,7 +181,7 @@ def _kill_leftovers(world: World) -> None:
         daemon.stop()
 
 
-def run(schedule: Schedule, *, variant: str | None = None, keep: bool = False, pending: frozenset[str] = PENDING,
+def run(schedule: Schedule, *, variant: str | None = None, keep: bool = False,
         say: Callable[[str], Any] | None = None, base: Path | None = None) -> Result:
     """Run ``schedule`` against a fresh simulator and daemon; the result holds every check's verdict.
 
@@ -210,13 +210,12 @@ def run(schedule: Schedule, *, variant: str | None = None, keep: bool = False, p
         quiesced, quiesced_mono = time.time(), time.monotonic()
         extra = max((e.started + QUOTA_SETTLE - quiesced for e in result.journal if e.settle == QUOTA_SETTLE),
                     default=0.0)
-        converged_at = converge(world, quiesced_mono + CONVERGE + max(0.0, extra), pending)
+        converged_at = converge(world, quiesced_mono + CONVERGE + max(0.0, extra))
         converged = converged_at is not None
         if converged_at is not None:
             result.converge_seconds = round(converged_at - quiesced_mono, 3)
         poll(lambda: not zombies(daemon.pid), 2.0)  # one just exiting is reaped on the parent's next pass
         seen = observe(world, began=began, quiesced=quiesced, converged=converged, zombie_pids=zombies(daemon.pid))
-        seen.pending = pending
         result.verdict = judge(seen, result.journal, config)
         result.restarts = len(lines(seen.logs, "shard_exited"))
         result.logins, result.renewals = seen.logins, seen.renewals
@@ -233,3 +232,8 @@ def run(schedule: Schedule, *, variant: str | None = None, keep: bool = False, p
             shutil.rmtree(home, ignore_errors=True)
             result.home = None
     return result
+
+
+def run_seed(seed: int, kinds: list[str], variant: str | None = None, keep: bool = False) -> Result:
+    """:func:`run` of one seed's schedule (a campaign's unit of work, picklable for a process pool)."""
+    return run(make(seed, kinds), variant=variant, keep=keep)

@@ -1,4 +1,4 @@
-"""The campaign in CI: a fixed pair of seeds that together carry out every default fault kind once or more."""
+"""The campaign in CI: a fixed pair of seeds that together carry out every fault kind once or more."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from .catalogue import default_kinds
 from .runner import run
 from .schedule import make
 
-#: Together these two seeds draw every default kind (no quota shutdown: each would add its 60 s backoff).
-CI_SEEDS = (2467, 1808)
+#: Together these two seeds draw every kind (no quota shutdown: each would add its 60 s backoff).
+CI_SEEDS = (396, 2821)
 
 
-def test_ci_seeds_cover_every_default_kind() -> None:
-    """The CI pair still carries out every kind the campaign has (a new kind needs a new CI seed)."""
+def test_ci_seeds_cover_every_kind() -> None:
+    """The CI pair still carries out every kind of the catalogue (a new kind needs a new CI seed)."""
     drawn = {fault.kind for seed in CI_SEEDS for fault in make(seed).faults}
     assert drawn == set(default_kinds())
 

@@ -52,7 +52,6 @@ def good() -> tuple[Observed, list[Executed]]:
             log("shard_started", T0 + 5.02, shard=1, worker_pid=12),
         ],
         logins=1, renewals=2, peak_handshakes=2, began=T0, quiesced=T0 + 10, converged=True,
-        pending=frozenset(),
     )
     journal = [Executed(Fault(0, "sigkill", (1,), 5.0), started=T0 + 5.0, ended=T0 + 5.0, kills=1)]
     return seen, journal
@@ -119,7 +118,11 @@ FLAWS = {
     "short stop replaced": ("hangs", lambda s, j: j.append(Executed(
         Fault(1, "sigstop_short", (0,), 1.0), T0 + 6, T0 + 7, notes={"pid": 10, "pid_after": 14}))),
     "poison not quarantined": ("quarantine", lambda s, j: j.append(Executed(
-        Fault(1, "poison", (0,), 1.0), T0 + 6, T0 + 7, notes={"poisoned": {"id": 1}}))),
+        Fault(1, "poison", (0,), 1.0), T0 + 6, T0 + 7, notes={"poisoned": {"entityType": "order", "id": 1}}))),
+    "another entity quarantined": ("quarantine", lambda s, j: (
+        s.changes[0].append(Row(3, T0 + 6.5, "rejected", "order", "Created", None, 2**63 + 1)),
+        j.append(Executed(Fault(1, "poison", (0,), 1.0), T0 + 6, T0 + 7,
+                          notes={"poisoned": {"entityType": "order", "id": 2**63}})))),
 }
 
 
@@ -148,12 +151,29 @@ def test_tolerances_are_the_stated_ones() -> None:
     assert not violations(seen, journal)
 
 
-def test_pending_features_turn_their_checks_off() -> None:
-    """While shard_status and quarantine are pending, their checks do not judge (and say nothing)."""
+def test_a_pause_of_every_handshake_holds_a_targets_reconnect_back() -> None:
+    """A reconnect long after its fault is explained while the parent paused every handshake (a quota
+    shutdown) until SETTLE after the pause, or after its early connections_resumed; never before its fault."""
     seen, journal = good()
-    seen.pending = frozenset({"shard_status", "quarantine"})
-    seen.sink_states = {0: None, 1: None}
-    journal.append(Executed(Fault(1, "poison", (0,), 1.0), T0 + 6, T0 + 7, notes={"poisoned": {"id": 1}}))
+    seen.subscriptions[2].update(closed_at=T0 + 29)
+    seen.subscriptions.append({"conn": 5, "remainder": 1, "synced_at": T0 + 30, "closed_at": None})
+    assert set(violations(seen, journal)) == {"isolation"}  # 25 s after the fault, nothing to explain it
+    seen.logs.append(log("connections_paused", T0 + 12, reason="quota", shard=0, resume_in=20.0))
+    assert not violations(seen, journal)  # held until T0 + 32, explained until T0 + 42
+    seen.logs.append(log("connections_resumed", T0 + 14))
+    assert set(violations(seen, journal)) == {"isolation"}  # resumed early: explained only until T0 + 24
+    seen.logs.pop()
+    seen.logs[-1] = log("connections_paused", T0 + 16, reason="quota", shard=0, resume_in=20.0)
+    assert set(violations(seen, journal)) == {"isolation"}  # the pause began after the fault's window closed
+
+
+def test_a_quarantined_poison_passes() -> None:
+    """A poison whose own id is in a rejected row of its shard's change log passes (ids past 64 bits too)."""
+    seen, journal = good()
+    for index, ident in enumerate((2**63, "poison-1", 77)):
+        seen.changes[0].append(Row(3 + index, T0 + 6.5, "rejected", "order", "Snapshot", None, ident))
+        journal.append(Executed(Fault(1 + index, "poison", (0,), 1.0), T0 + 6, T0 + 7,
+                                notes={"poisoned": {"entityType": "order", "id": ident}}))
     assert not violations(seen, journal)
 
 

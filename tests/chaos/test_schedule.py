@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import pytest
 
-from .catalogue import KINDS, PENDING, default_kinds, excluded_kinds
+from .catalogue import KINDS, default_kinds
 from .faults import CARRY_OUT
 from .schedule import DIVISOR, FAULTS, GAP, KILL_SPACING, make
 
@@ -71,13 +71,9 @@ def test_every_kind_is_drawn_and_parameters_cover_their_choices() -> None:
     assert ends == {"none", "empty", "flag"}
 
 
-def test_kinds_pending_features_are_left_out_by_default_and_named() -> None:
-    """Kinds waiting for a feature are not in the default set, and excluded_kinds says which feature."""
-    for name, feature in excluded_kinds().items():
-        assert feature in PENDING
-        assert name not in default_kinds()
-    assert set(default_kinds()) | set(excluded_kinds()) == set(KINDS)
-    assert excluded_kinds(frozenset()) == {}
+def test_every_kind_is_drawn_by_default() -> None:
+    """No kind of the catalogue is left out of a default campaign."""
+    assert set(default_kinds()) == set(KINDS)
 
 
 def test_catalogue_and_executors_name_the_same_kinds() -> None:

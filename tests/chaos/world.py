@@ -25,10 +25,14 @@ LAUNCH: Final = Path(__file__).resolve().parent / "launch.py"
 ACCOUNTS: Final = 16
 USERS: Final = 5
 MAX_MESSAGE_BYTES: Final = 1 << 20
+LOCKOUT_BACKOFF: Final = 20.0
 
 SECTIONS: Final[dict[str, dict[str, Any]]] = {
     "tradovate": {"idle_timeout": 10.0, "handshake_timeout": 5.0, "max_message_bytes": MAX_MESSAGE_BYTES,
-                  "response_timeout": 10.0, "deletion_grace": 3.0},
+                  "response_timeout": 10.0, "deletion_grace": 3.0,
+                  # A quota shutdown pauses every shard's handshakes this long (budget.py rule 1; default an hour,
+                  # which no seed could wait out): short, and the oracle holds every reconnect to it.
+                  "lockout_backoff": LOCKOUT_BACKOFF},
     "supervisor": {"heartbeat_interval": 0.25, "heartbeat_timeout": 2.0, "backoff_initial": 0.1, "backoff_max": 2.0,
                    "stable_after": 3.0, "intensity": 5, "period": 10.0, "shutdown_timeout": 5.0,
                    "connect_spacing": 0.05, "max_concurrent_connects": 2, "start_timeout": 30.0},

@@ -25,6 +25,7 @@ from shardsync.sinks.base import (
     Sink,
     SinkError,
     SinkState,
+    SinkUnavailable,
     shard_file_name,
 )
 
@@ -36,6 +37,7 @@ __all__ = [
     "SinkError",
     "SinkKind",
     "SinkState",
+    "SinkUnavailable",
     "open_sink",
     "retire",
     "shard_file_name",

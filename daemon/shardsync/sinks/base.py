@@ -36,6 +36,11 @@ class SinkError(Exception):
     """A sink could not persist or read; names the sink and its file or (password-free) dsn."""
 
 
+class SinkUnavailable(SinkError):
+    """The sink's server cannot be reached right now (connection refused or lost): nothing was written, and
+    the same write may succeed later unchanged (``worker/outage.py``)."""
+
+
 class SinkState(StrEnum):
     """What a shard's freshness row says about it (``shard_status.state``)."""
 

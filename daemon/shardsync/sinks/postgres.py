@@ -29,6 +29,7 @@ from shardsync.sinks.base import (
     Sink,
     SinkError,
     SinkState,
+    SinkUnavailable,
     batch_rows,
     check_shard,
     cutoff,
@@ -131,7 +132,7 @@ class PostgresSink(Sink):
             # statement ever leaves one open between batches.
             conn = psycopg.connect(self._dsn, autocommit=True)
         except psycopg.Error as exc:
-            raise SinkError(f"postgres sink: cannot connect to {self.where}: {exc}") from exc
+            raise SinkUnavailable(f"postgres sink: cannot connect to {self.where}: {exc}") from exc
         try:
             with conn.transaction():
                 # Serialised because concurrent CREATE ... IF NOT EXISTS from
@@ -147,8 +148,9 @@ class PostgresSink(Sink):
                 (self.divisor, self.remainder),
             )
         except psycopg.Error as exc:
+            error = SinkUnavailable if conn.broken else SinkError
             conn.close()
-            raise SinkError(f"postgres sink: cannot initialise {self.where}: {exc}") from exc
+            raise error(f"postgres sink: cannot initialise {self.where}: {exc}") from exc
         except BaseException:
             conn.close()
             raise
@@ -203,8 +205,8 @@ class PostgresSink(Sink):
                     cursor.execute(STATUS, freshness.row())
                 cursor.execute(NOTIFY, (notification(divisor, shard, last),))
         except Exception as exc:
-            self._drop_if_broken(conn)
-            raise SinkError(f"postgres sink: {self.where}: batch of {len(changes)} not written: {exc}") from exc
+            error = SinkUnavailable if self._drop_if_broken(conn) else SinkError
+            raise error(f"postgres sink: {self.where}: batch of {len(changes)} not written: {exc}") from exc
         if freshness is not None:
             self._marked = freshness.state
 
@@ -221,8 +223,8 @@ class PostgresSink(Sink):
                     # A state change wakes followers (they report shards that are not live).
                     cursor.execute(NOTIFY, (notification(self.divisor, self.remainder, self._last_seq(cursor)),))
         except psycopg.Error as exc:
-            self._drop_if_broken(conn)
-            raise SinkError(f"postgres sink: {self.where}: status not written: {exc}") from exc
+            error = SinkUnavailable if self._drop_if_broken(conn) else SinkError
+            raise error(f"postgres sink: {self.where}: status not written: {exc}") from exc
         self._marked = freshness.state
 
     def _last_seq(self, cursor: psycopg.Cursor[Any]) -> int:
@@ -260,11 +262,14 @@ class PostgresSink(Sink):
         # statement): batch_rows keeps only each key's last change.
         return (self.divisor, self.remainder, *([row[i] for row in rows] for i in range(len(rows[0]))))
 
-    def _drop_if_broken(self, conn: psycopg.Connection[Any]) -> None:
+    def _drop_if_broken(self, conn: psycopg.Connection[Any]) -> bool:
+        """Forget a connection the error broke (the next call reconnects); True if it was broken."""
         if conn.broken or conn.closed:
             self._conn = None
             with contextlib.suppress(psycopg.Error):
                 conn.close()
+            return True
+        return False
 
     def _rows(self, changes: Sequence[Change]) -> tuple[list[tuple[str, list[Row]]], list[Row]]:
         return batch_rows("postgres", self.where, changes, upsert=UPSERT, delete=DELETE)

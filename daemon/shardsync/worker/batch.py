@@ -3,8 +3,10 @@
 The mirror hands out changes (live events, a snapshot's reconciliation) as a
 pending overlay; :meth:`Batch.commit` writes them to the sink in one
 transaction and only then commits them in the mirror: commit, then ack.  A
-failed write rolls the mirror back to what the sink holds, and the session
-resyncs.  Every batch carries the shard's freshness row in its transaction
+refused write rolls the mirror back to what the sink holds, and the session
+resyncs; a sink that cannot be reached (``SinkUnavailable``) is an outage
+instead (``outage.py``): the session goes on, the changes wait, bounded, and
+the sink is tried again with backoff.  Every batch carries the shard's freshness row in its transaction
 (``freshness.py``); :meth:`Batch.mark` writes the row alone, and
 :meth:`Batch.prune` trims the change log to its retention.
 """
@@ -15,14 +17,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from shardsync.backoff import Backoff
 from shardsync.change import Change, Entity, Key, Origin
 from shardsync.clip import clip
 from shardsync.mirror import Mirror, MirrorError
 from shardsync.protocol import PropsEvent, Rejected, SystemEvent
 from shardsync.ratelimit import LineLimiter, Throttled
-from shardsync.sinks import Freshness, Sink, SinkError, SinkState, open_sink
+from shardsync.sinks import Freshness, Sink, SinkError, SinkState, SinkUnavailable, open_sink
+from shardsync.sinks.base import iso_utc
 from shardsync.worker.freshness import StatusRow, sink_state
 from shardsync.worker.options import WorkerOptions
+from shardsync.worker.outage import OUTAGE_BATCHES, Outage
 from shardsync.worker.parent import Vitals
 
 
@@ -41,6 +46,7 @@ class Batch:
         log: Any,
         wall: Callable[[], float] = time.time,
         status: StatusRow | None = None,
+        retry: Backoff | None = None,
     ) -> None:
         self.sink = sink
         self.mirror = mirror
@@ -56,6 +62,9 @@ class Batch:
         self._noise = Throttled(log, LineLimiter(clock))
         self._pending: list[Change] = []
         self._pending_since = 0.0
+        self._retry = retry or Backoff(0.5, 60.0)
+        #: The sink cannot be reached: the changes wait (outage.py).
+        self.outage: Outage | None = None
 
     @classmethod
     def open(
@@ -83,10 +92,13 @@ class Batch:
             raise
         vitals.mirror = mirror
         return cls(sink, mirror, batch_max=options.batch_max, flush_interval=options.flush_interval, clock=clock,
-                   vitals=vitals, log=log, status=status)
+                   vitals=vitals, log=log, status=status,
+                   retry=Backoff(options.backoff_initial, options.backoff_max))
 
     def room(self) -> int:
         """How many more changes the batch takes before it must be committed."""
+        if self.outage is not None:
+            return self._batch_max  # reads stay batched; the outage bounds what is held
         return self._batch_max - len(self._pending)
 
     def apply(self, event: PropsEvent | SystemEvent, received_at: str) -> None:
@@ -143,6 +155,12 @@ class Batch:
         return len(changes)
 
     def add(self, changes: list[Change]) -> None:
+        outage = self.outage
+        if outage is not None and changes and not outage.keep(len(self._pending), len(changes)):
+            if self._pending:
+                self.log.error("sink_buffer_overflowed", held=len(self._pending), limit=outage.limit)
+                self._pending = []
+            return
         if changes and not self._pending:
             self._pending_since = self._clock()
         self._pending += changes
@@ -156,6 +174,8 @@ class Batch:
         quiet, the changes are committed at once.
         """
         self._noise.flush()  # summaries of held log lines, once their interval is over
+        if self.outage is not None:
+            return self.outage.due(self._clock())
         if not self._pending:
             return False
         if len(self._pending) >= self._batch_max:
@@ -170,7 +190,13 @@ class Batch:
         The freshness row goes in the same transaction, in ``state`` (by
         default the one the worker's own state maps to); ``snapshot`` marks
         the batch that reconciled a snapshot (its commit is ``snapshot_at``).
+        During an outage this is a retry when one is due, else nothing.
         """
+        if self.outage is not None:
+            self.outage.snapshot |= snapshot
+            if self.outage.due(self._clock()):
+                self._retry_sink(state)
+            return
         if not self._pending:
             if snapshot:
                 # A snapshot that changed nothing is still the newest snapshot: the row says so.
@@ -182,6 +208,10 @@ class Batch:
         row = self._row(state, at, at if snapshot else None)
         try:
             self.sink.write(batch, row)
+        except SinkUnavailable as exc:
+            self._pending = batch
+            self._unavailable(exc, snapshot)
+            return
         except SinkError:
             self._vitals.sink_errors += 1
             self.mirror.rollback()
@@ -194,13 +224,92 @@ class Batch:
         self._vitals.committed(ended - started, at)
 
     def mark(self, state: SinkState | None = None, *, snapshot: bool = False) -> None:
-        """Write the freshness row alone (no batch): on state changes, and while live and quiet; raises SinkError."""
+        """Write the freshness row alone (no batch): on state changes, and while live and quiet; raises SinkError.
+
+        During an outage the row waits for the commit that ends it."""
+        if self.outage is not None:
+            self.outage.snapshot |= snapshot
+            return
         row = self._row(state, None, self._wall() if snapshot else None)
         if row is None:
             return
-        self.sink.mark(row)
+        try:
+            self.sink.mark(row)
+        except SinkUnavailable as exc:
+            self._unavailable(exc, snapshot)
+            return
         assert self.status is not None
         self.status.wrote(row, self._clock(), self._vitals.last_event_at)
+
+    def flush(self) -> None:
+        """Stopping: write what is pending now, outage or not; raises SinkError when that fails."""
+        outage = self.outage
+        if outage is None:
+            self.commit()
+            return
+        outage.retry_at = self._clock()
+        self.commit()
+        if self.outage is not None:
+            raise SinkUnavailable(f"sink still unreachable at stop after {self.outage.attempts} attempts")
+
+    def retry_at(self) -> float | None:
+        """When the unreachable sink is tried next (None: no outage)."""
+        return None if self.outage is None else self.outage.retry_at
+
+    def _unavailable(self, exc: SinkError, snapshot: bool) -> None:
+        """The sink cannot be reached: the outage begins, its changes wait (the mirror is not rolled back)."""
+        self._vitals.sink_errors += 1
+        self._vitals.last_error = str(exc)
+        now = self._clock()
+        outage = self.outage = Outage(self._retry, now, OUTAGE_BATCHES * self._batch_max, snapshot=snapshot)
+        delay = outage.failed(now)
+        self.log.error("sink_unavailable", error=str(exc), held=len(self._pending), limit=outage.limit,
+                       retry_in=round(delay, 3))
+
+    def _retry_sink(self, state: SinkState | None) -> None:
+        """Try the unreachable sink again: the changes held, or after an overflow the mirror's difference."""
+        outage = self.outage
+        assert outage is not None
+        at = self._wall()
+        if outage.overflowed:
+            # The records are gone: the sink gets the mirror's state, diffed as a snapshot against what it holds.
+            current = dict(self.mirror.items())
+            self.mirror.rollback()
+            changes = self.mirror.diff_snapshot(current, types=None, received_at=iso_utc(at))
+        else:
+            changes = self._pending
+        row = self._row(state, at if changes else None, at if outage.snapshot else None)
+        started = self._clock()
+        try:
+            if changes:
+                self.sink.write(changes, row)
+            elif row is not None:
+                self.sink.mark(row)
+            else:
+                self.sink.status()  # no row to write: a read tells whether the sink is back
+        except SinkUnavailable as exc:
+            self._vitals.sink_errors += 1
+            self._vitals.last_error = str(exc)
+            delay = outage.failed(self._clock())
+            self.log.warning("sink_retry_failed", attempt=outage.attempts - 1, error=str(exc),
+                             retry_in=round(delay, 3))
+            return
+        except SinkError:
+            # Back, but refusing this batch: as any refused batch, the mirror returns to the sink and resyncs.
+            self._vitals.sink_errors += 1
+            self.outage, self._pending = None, []
+            self.mirror.rollback()
+            raise
+        self.outage, self._pending = None, []
+        self.mirror.commit()
+        ended = self._clock()
+        if row is not None:
+            assert self.status is not None
+            self.status.wrote(row, ended, self._vitals.last_event_at)
+        if changes:
+            self._vitals.committed(ended - started, at)
+        self.log.info("sink_recovered", seconds=round(ended - outage.started, 3), attempts=outage.attempts,
+                      changes=len(changes), overflowed=outage.overflowed, dropped=outage.dropped)
 
     def restate(self) -> None:
         """Write the freshness row when it no longer says the worker's state (a state change); never raises.

@@ -210,12 +210,16 @@ class Worker:
         return self._reconciler.apply
 
     def _due(self) -> float | None:
-        """The session's next own deadline: an answer, a resend, the snapshot's, held deletions, the status row."""
+        """The session's next own deadline: an answer, a resend, the snapshot's, held deletions, the status row
+        (or, while the sink cannot be reached, its next try: the row waits for it)."""
+        batch = self.batch
         if self._live:  # once per pass of the hot path: nothing is awaited any more, two deadlines at most
-            assert self._reconciler is not None and self._upkeep is not None
-            due, held = self._upkeep.deadline(), self._reconciler.deadline()
+            assert self._reconciler is not None and self._upkeep is not None and batch is not None
+            due = self._upkeep.deadline() if batch.outage is None else batch.outage.retry_at
+            held = self._reconciler.deadline()
             return held if held is not None and (due is None or held < due) else due
-        candidates = (self.exchange.deadline(), None if self._assembler is None else self._assembler.next_due())
+        candidates = (self.exchange.deadline(), None if self._assembler is None else self._assembler.next_due(),
+                      None if batch is None else batch.retry_at())
         return min((at for at in candidates if at is not None), default=None)
 
     def _byte_room(self) -> int:
@@ -364,7 +368,7 @@ class Worker:
         self._end_session()
         try:
             if self.batch is not None:
-                self.batch.commit()
+                self.batch.flush()
                 # Written whether or not a batch just carried it: "stopped" is the last word.
                 self._on_state(ShardState.STOPPING)
         except SinkError as exc:
