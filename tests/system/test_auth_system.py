@@ -53,15 +53,15 @@ def running(daemon: Daemon) -> bool:
 
 def test_one_login_renewals_before_expiry_no_socket_reopened(sim_factory: SimFactory,
                                                              daemon_factory: DaemonFactory) -> None:
-    """With 16 shards and 20 s tokens, 60 s of running takes one login and >= 4 renewals, each before the
+    """With 16 shards and 10 s tokens, 30 s of running takes one login and >= 4 renewals, each before the
     previous token expired, and not one socket is reopened."""
-    sim = sim_factory(token_lifetime=20, event_rate=5, accounts=32, users=8)
+    sim = sim_factory(token_lifetime=10, event_rate=5, accounts=32, users=8)
     daemon = daemon_factory(sim, divisor=16)
     daemon.wait_live(40)
     first = wait_until(lambda: daemon.events("token_updated"), 5, "first token_updated")[0]
     assert sim.stats()["ws_connections_total"] == 16
     pids = daemon.pids()
-    end = at(first) + 60.0
+    end = at(first) + 30.0
     hold(lambda: running(daemon) and sim.stats()["ws_connections_total"] == 16,
          max(0.0, end - time.time()), "16 sockets, none reopened")
 

@@ -40,7 +40,7 @@ def test_a_session_evicted_by_a_login_elsewhere_logs_in_again_and_every_shard_re
     the third in a row the daemon logs in again (once), long before the 10-minute token would have expired,
     and every shard is live again on the new session."""
     sim = sim_factory(session_cap=1, eviction=eviction, token_lifetime=600)
-    daemon = daemon_factory(sim, divisor=2, sections={"tradovate": {"lockout_backoff": 2.0}})
+    daemon = daemon_factory(sim, divisor=2, sections={"tradovate": {"lockout_backoff": 2.0, "quota_backoff": 2.0}})
     daemon.wait_live(30)
     first_pids = daemon.pids()
     login(sim)  # somebody else logs in with the same user: the daemon's session is evicted

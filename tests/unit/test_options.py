@@ -16,7 +16,7 @@ PACKAGE = ROOT / "daemon" / "shardsync"
 #: The worker's code: its package (the post-fork bootstrap included, worker/boot.py).
 WORKER_SOURCES = sorted((PACKAGE / "worker").glob("*.py"))
 #: Fields the configuration file does not set: fixed defaults, overridden only by tests and benches.
-FIXED = {"quota_backoff", "snapshot_quiet", "permits"}
+FIXED = {"snapshot_quiet", "permits"}
 
 
 def settings(**sections: dict[str, Any]) -> Any:
@@ -84,6 +84,7 @@ def test_worker_options_take_every_configured_field_from_the_settings() -> None:
         "deletion_grace": ({"tradovate": {"deletion_grace": 2.5}}, 2.5),
         "max_resync_delete_ratio": ({"tradovate": {"max_resync_delete_ratio": 0.9}}, 0.9),
         "events_retention": ({"sink": {"events_retention": "1d"}}, 86400.0),
+        "quota_backoff": ({"tradovate": {"quota_backoff": 2.0}}, 2.0),
     }
     assert set(changes) | FIXED == {f.name for f in dataclasses.fields(WorkerOptions)}
     for name, (sections, value) in changes.items():

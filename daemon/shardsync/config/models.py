@@ -113,6 +113,7 @@ class TradovateSettings(_Section):
     renew_before: float = Field(default=900.0, gt=0, le=DAY)
     captcha_backoff: float = Field(default=HOUR, gt=0, le=DAY)
     lockout_backoff: float = Field(default=HOUR, gt=0, le=DAY)
+    quota_backoff: float = Field(default=MINUTE, gt=0, le=HOUR)
 
     @field_validator("rest_url", mode="before")
     @classmethod

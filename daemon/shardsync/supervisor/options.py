@@ -35,6 +35,7 @@ def worker_options(settings: Settings) -> WorkerOptions:
         batch_max=sink.batch_max,
         flush_interval=sink.flush_interval,
         response_timeout=t.response_timeout,
+        quota_backoff=t.quota_backoff,
         snapshot_timeout=t.snapshot_timeout,
         max_snapshot_bytes=t.max_snapshot_bytes,
         max_snapshot_entities=t.max_snapshot_entities,
