@@ -100,6 +100,28 @@ def zombie_children(pid: int) -> list[int]:
 # --- isolation ---------------------------------------------------------------------------------
 
 
+def threads(pid: int) -> int:
+    """How many threads a process runs (from /proc)."""
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_the_parent_has_one_thread_and_a_worker_only_its_checkpointer(sim_factory: Callable[..., Simulator],
+                                                                      daemon_factory: Callable[..., Daemon]) -> None:
+    """While every shard streams into sqlite, the parent runs one thread (it forks: no thread may hold a lock
+    across fork) and each worker at most two: its loop and the sink's checkpoint thread."""
+    sim = sim_factory(event_rate=200)
+    daemon = daemon_factory(sim)
+    daemon.wait_live()
+    pids = daemon.pids()
+    wait_until(lambda: all(daemon.shards()[r]["events"] > 20 for r in pids), 20, "every shard committing")
+    assert threads(daemon.pid) == 1
+    for remainder, pid in pids.items():
+        assert pid is not None
+        assert threads(pid) <= 2, remainder
+
+
+
+
 def test_sigkill_worker_changes_only_its_shard(sim_factory: Callable[..., Simulator],
                                               daemon_factory: Callable[..., Daemon]) -> None:
     """SIGKILL of one worker replaces only that shard's process and socket, and the shard resyncs to the truth."""
