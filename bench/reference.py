@@ -30,18 +30,9 @@ from ceiling import open_reference
 from shardsync import protocol
 from shardsync.change import ACCOUNT_KEYED_TYPES, ACCOUNT_VIA
 from shardsync.simulator.truth import SINGULARS
+from shardsync.sinks.sqlite import APPEND, DELETE, UPSERT  # the very statements the sink runs
 
 BATCH_MAX = 5000
-UPSERT = (
-    "INSERT INTO entities (entity_type, id, account_id, data, updated_at) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT (entity_type, id) DO UPDATE SET "
-    "account_id = excluded.account_id, data = excluded.data, updated_at = excluded.updated_at"
-)
-DELETE = "DELETE FROM entities WHERE entity_type = ? AND id = ?"
-APPEND = (
-    "INSERT INTO events (received_at, origin, entity_type, event_type, id, account_id, data) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
 
 
 def connect(port: int) -> tuple[socket.socket, bytearray]:
