@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import selectors
 import signal
 from collections.abc import Callable
 from typing import NoReturn
@@ -73,6 +74,12 @@ class HelperCall:
             if not chunk:
                 return bytes(self._data)
             self._data += chunk
+
+    def finish(self, selector: selectors.BaseSelector) -> None:
+        """The answer is in: stop watching the pipe and close it (the helper is reaped when it exits)."""
+        with contextlib.suppress(KeyError, ValueError):
+            selector.unregister(self.fd)
+        self.close()
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):

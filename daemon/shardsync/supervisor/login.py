@@ -9,7 +9,6 @@ callbacks (a new token for the workers; a refused login ends the daemon).
 
 from __future__ import annotations
 
-import contextlib
 import selectors
 from collections.abc import Callable
 
@@ -103,9 +102,7 @@ class Login:
         outcome = call.read()
         if outcome is None:
             return
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(call.fd)
-        call.close()
+        call.finish(self.selector)
         if not call.exited:
             # The helper has answered and is exiting; reaped() collects it then,
             # without ever blocking the loop on it.

@@ -9,7 +9,6 @@ its jobs are retried at the next start or reload.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import selectors
 from collections.abc import Callable, Iterable
@@ -120,9 +119,7 @@ class Retirer:
         results = call.read()
         if results is None:
             return
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(call.fd)
-        call.close()
+        call.finish(self.selector)
         self._exiting.add(call.pid)
         self.call = None
         for result in results:
