@@ -69,6 +69,8 @@ def test_shard_status_through_kill_resync_and_stop(
                20, "the replacement live")
     live = wait_until(lambda: (r := status_of(path)) and r.state == "live" and r.session != first.session and r,
                       10, "a live row of a new session")
+    # The watch samples on a thread a loaded machine may starve; the row stays live until the stop, so let it see it.
+    wait_until(lambda: ("live", live.session) in watch.seen, 10, "the watch to sample the live row")
     assert daemon.stop() == 0
     seen = watch.stop()
     final = status_of(path)
