@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from shardsync.change import Change, account_id_of
-from shardsync.sinks import Freshness, SinkError, SinkState, open_sink, retire
+from shardsync.sinks import Freshness, SinkError, SinkState, SinkUnavailable, open_sink, retire
 from shardsync.sinks.base import Sink
 from shardsync.sinks.postgres import CHANNEL, PostgresSink, redact
 
@@ -191,7 +191,7 @@ def test_second_writer_for_a_shard_is_refused(dsn: str) -> None:
 
 
 def test_reconnects_after_the_server_kills_the_session(dsn: str) -> None:
-    """A terminated backend fails the batch with SinkError and the next write reconnects."""
+    """A terminated backend fails the batch with SinkUnavailable and the next write reconnects and writes its own."""
     with open_(dsn) as sink:
         sink.write([change("Created", account(1))])
         with psycopg.connect(dsn, autocommit=True) as admin:
@@ -199,7 +199,7 @@ def test_reconnects_after_the_server_kills_the_session(dsn: str) -> None:
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
-        with pytest.raises(SinkError, match="not written"):
+        with pytest.raises(SinkUnavailable, match="in doubt"):
             sink.write([change("Created", account(2))])
         sink.write([change("Created", account(3))])
         assert set(state(sink)) == {("account", 1), ("account", 3)}

@@ -8,12 +8,20 @@ numbers commit in order and without gaps), the status row, and one
 last}``, delivered at commit.  The schema and its upgrades are in
 ``postgres_schema``.  The DSN's password never leaves this module: errors and
 ``repr`` show the DSN with it removed.
+
+A batch whose connection broke after its COMMIT went out is *in doubt*: it
+may have committed.  The retry (the same changes first, as the worker's
+outage keeps them) reconnects, takes the writer lock and reads the shard's
+``last_seq``: moved by exactly that batch, its changes are not written again
+(the change log would hold them twice, a fill counted twice); unmoved, the
+whole batch goes.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -110,6 +118,29 @@ def redact(dsn: str) -> str:
     return make_conninfo("", **params) or "<default dsn>"
 
 
+@dataclass(frozen=True, slots=True)
+class Doubt:
+    """A batch that failed with its connection: whether it committed is known only after the reconnect."""
+
+    changes: Sequence[Change]
+    #: The shard's ``last_seq`` before it, and after it had it committed.
+    before: int
+    after: int
+
+    def settle(self, seq: int, changes: Sequence[Change], where: str) -> Sequence[Change]:
+        """What of ``changes`` is still to write, the shard's ``last_seq`` being ``seq`` after the reconnect."""
+        if seq == self.before:
+            return changes
+        if seq != self.after:
+            raise SinkError(f"postgres sink: {where}: shard_seq is {seq}, expected {self.before} or {self.after} "
+                            "after a lost connection: another writer?")
+        count = len(self.changes)
+        if len(changes) >= count and all(a is b for a, b in zip(changes, self.changes, strict=False)):
+            return changes[count:]
+        # Not a retry of it (the worker rebuilt its batch from the mirror): upserts and deletes are idempotent.
+        return changes
+
+
 class PostgresSink(Sink):
     """Shard ``remainder``/``divisor``'s rows in the shared tables, written in one transaction per batch."""
 
@@ -121,12 +152,15 @@ class PostgresSink(Sink):
         self.where = f"{redact(dsn)} shard {remainder}/{divisor}"
         self._closed = False
         self._marked: SinkState | None = None
+        #: The shard's ``last_seq`` as this writer knows it committed (read at each connect).
+        self._seq = 0
+        self._doubt: Doubt | None = None
         self._conn: psycopg.Connection[Any] | None = self._connect()
 
     def __repr__(self) -> str:
         return f"PostgresSink({self.where!r})"
 
-    def _connect(self) -> psycopg.Connection[Any]:
+    def _connect(self, *, again: bool = False) -> psycopg.Connection[Any]:
         try:
             # autocommit: transactions are explicit (conn.transaction()), so no
             # statement ever leaves one open between batches.
@@ -142,11 +176,17 @@ class PostgresSink(Sink):
             lock = shard_lock(self.remainder, self.divisor)
             row = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock,)).fetchone()
             if not row or not row[0]:
+                if again:
+                    # Most likely this writer's own lost session, which holds the lock until the server notices.
+                    raise SinkUnavailable(f"postgres sink: {self.where}: writer lock still held after a lost "
+                                          "connection")
                 raise SinkError(f"postgres sink: {self.where} is in use by another process")
             conn.execute(
                 "INSERT INTO shard_seqs (divisor, shard, last_seq) VALUES (%s, %s, 0) ON CONFLICT DO NOTHING",
                 (self.divisor, self.remainder),
             )
+            with conn.cursor() as cursor:
+                self._seq = self._last_seq(cursor)
         except psycopg.Error as exc:
             error = SinkUnavailable if conn.broken else SinkError
             conn.close()
@@ -163,7 +203,7 @@ class PostgresSink(Sink):
             # The old session died and took its advisory lock with it; the
             # reconnect takes it again or fails if another writer got in.
             self._conn = None
-            self._conn = self._connect()
+            self._conn = self._connect(again=True)
         return self._conn
 
     def load(self) -> Iterator[tuple[str, int, dict[str, Any]]]:
@@ -186,8 +226,15 @@ class PostgresSink(Sink):
             return
         if freshness is not None:
             self.check_freshness(freshness)
-        runs, events = self._rows(changes)
         conn = self._connection()
+        if self._doubt is not None:
+            doubt, self._doubt = self._doubt, None
+            changes = doubt.settle(self._seq, changes, self.where)
+            if not changes:
+                if freshness is not None:
+                    self.mark(freshness)
+                return
+        runs, events = self._rows(changes)
         divisor, shard = self.divisor, self.remainder
         try:
             with conn.transaction(), conn.cursor() as cursor:
@@ -205,8 +252,13 @@ class PostgresSink(Sink):
                     cursor.execute(STATUS, freshness.row())
                 cursor.execute(NOTIFY, (notification(divisor, shard, last),))
         except Exception as exc:
-            error = SinkUnavailable if self._drop_if_broken(conn) else SinkError
-            raise error(f"postgres sink: {self.where}: batch of {len(changes)} not written: {exc}") from exc
+            if not self._drop_if_broken(conn):
+                raise SinkError(f"postgres sink: {self.where}: batch of {len(changes)} not written: {exc}") from exc
+            # A copy: the caller extends its own list with what comes meanwhile.
+            self._doubt = Doubt(tuple(changes), self._seq, self._seq + len(events))
+            raise SinkUnavailable(f"postgres sink: {self.where}: batch of {len(changes)} in doubt (connection "
+                                  f"lost): {exc}") from exc
+        self._seq = last
         if freshness is not None:
             self._marked = freshness.state
 
