@@ -102,6 +102,8 @@ class Heartbeat:
     quarantined: int = 0
     unattributed: int = 0
     sink_errors: int = 0
+    #: Wall clock when the sink became unreachable (an outage in progress, ``worker/outage.py``); None: reachable.
+    sink_down_at: float | None = None
 
     def __post_init__(self) -> None:
         # Decoded from JSON the state is a plain string (an unknown one is a

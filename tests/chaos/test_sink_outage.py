@@ -70,6 +70,14 @@ def start(sim: Simulator, home: Path, dsn: str, batch_max: int) -> Daemon:
     return daemon
 
 
+def sink_down_metric(daemon: Daemon) -> float:
+    """shard 0's ``shardsync_shard_sink_down_seconds`` on /metrics."""
+    code, body = daemon.http("/metrics")
+    assert code == 200, body
+    prefix = 'shardsync_shard_sink_down_seconds{shard="0"} '
+    return float(next(line[len(prefix):] for line in body.decode().splitlines() if line.startswith(prefix)))
+
+
 def events_seen(daemon: Daemon) -> int:
     return int(daemon.shards()[0]["events"])
 
@@ -89,7 +97,8 @@ def retries_obey_backoff(daemon: Daemon) -> None:
 def test_postgres_crash_buffers_on_the_same_socket_and_loses_nothing(
         sim_factory: Callable[..., Simulator], crashable_pg: PgProcess, tmp_path: Path) -> None:
     """A crash of the PostgreSQL server mid-stream: same worker, same subscription, retries with backoff, the
-    buffered changes written as they were received once it is back (no resync), nothing committed lost."""
+    outage shown in /status and /metrics, the buffered changes written as they were received once it is back (no
+    resync), nothing committed lost."""
     sim = sim_factory(accounts=12, users=4)
     dsn = database(crashable_pg, "outage_buffered")
     daemon = start(sim, tmp_path / "daemon", dsn, batch_max=5000)
@@ -100,11 +109,16 @@ def test_postgres_crash_buffers_on_the_same_socket_and_loses_nothing(
         crashable_pg.crash()
         sim.step(400)  # while the sink is down
         wait_until(lambda: len(daemon.events("sink_retry_failed")) >= 2, 20, "two failed sink retries")
+        down = wait_until(lambda: (s := daemon.shards()[0])["sink_down_for"] and s, 10, "/status to show the outage")
+        assert down["state"] == "live" and down["pid"] == pid
+        assert sink_down_metric(daemon) > 0
         sim.step(400)
         seen = events_seen(daemon)
         crashable_pg.start()
         wait_until(lambda: daemon.events("sink_recovered"), 20, "the sink recovered")
         wait_until(lambda: sinkread.pg_state(dsn, 0, 1) == daemon.truth(0), 20, "the shard converged")
+        wait_until(lambda: daemon.shards()[0]["sink_down_for"] is None and sink_down_metric(daemon) == 0, 10,
+                   "/status and /metrics to show the sink reachable")
         after = sinkread.pg_log(dsn, 0, 1)
         assert seen > 0
         assert daemon.pids()[0] == pid, "the worker was replaced"

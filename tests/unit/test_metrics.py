@@ -194,6 +194,29 @@ def test_counters_and_freshness_survive_a_worker_restart(make: Any) -> None:
     assert value(samples, "shardsync_shard_snapshot_duration_seconds", shard="2") == 1.5
 
 
+
+def test_sink_down_follows_the_current_workers_outage_on_the_wall_clock(make: Any) -> None:
+    """A beat naming when the sink went down gives its age in /status and /metrics, growing with the wall clock;
+    a beat without one, or the worker's death, reads reachable (None, 0)."""
+    parent = booted(make)
+    wall = parent.wall()
+
+    def down() -> tuple[float | None, float]:
+        status = next(s for s in parent.arbiter.snapshot().shards if s.remainder == 1)
+        return status.sink_down_for, value(scrape(parent), "shardsync_shard_sink_down_seconds", shard="1")
+
+    assert down() == (None, 0.0)
+    beat(parent, 1, sink_down_at=wall - 3.0)
+    assert down() == (pytest.approx(3.0), pytest.approx(3.0))
+    parent.wall.advance(2.0)
+    assert down() == (pytest.approx(5.0), pytest.approx(5.0))
+    beat(parent, 1)
+    assert down() == (None, 0.0)
+    beat(parent, 1, sink_down_at=parent.wall() - 1.0)
+    parent.fakes.worker(1).exit(exited_with(1))
+    parent.step(2)
+    assert down() == (None, 0.0), "a dead worker's outage is not the replacement's"
+
 def test_every_series_is_there_for_every_shard_in_every_state(make: Any) -> None:
     """Before any heartbeat, live, crashed (backoff), parked and stopping: each per-shard family has every shard."""
     parent = make({"supervisor": {"intensity": 1, "period": 300.0}})
@@ -319,3 +342,4 @@ def test_readme_lists_exactly_the_exposed_series() -> None:
 
     exposed = {series(s.name) for f in families for s in f.samples}
     assert listed == exposed
+

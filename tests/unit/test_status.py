@@ -135,7 +135,7 @@ def test_status_json_has_every_field(loop: Loop) -> None:
         "divisor": 4,
         "remainder": 0, "state": "live", "pid": 101, "uptime": 12.5, "restarts": 1, "parked": False,
         "last_heartbeat_age": 0.4, "events_per_s": 3.5, "events": 120, "entities": 40, "reconnects": 2,
-        "last_error": None, "next_restart_in": None, "parked_reason": None, "rejections": 0,
+        "last_error": None, "next_restart_in": None, "parked_reason": None, "rejections": 0, "sink_down_for": None,
     }
     assert doc["shards"][1]["next_restart_in"] == 2.0
     assert doc["shards"][2]["parked"] is True

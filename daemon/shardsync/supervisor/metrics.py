@@ -139,6 +139,10 @@ def freshness_families(shards: Iterable[ShardStatus], divisor: int = 0) -> Itera
     sink_errors = CounterMetricFamily(
         "shardsync_shard_sink_errors_total", "Sink writes that failed (each ends the session; the next resyncs)",
         labels=["shard"])
+    sink_down = GaugeMetricFamily(
+        "shardsync_shard_sink_down_seconds",
+        "Seconds the shard's worker has not reached its sink, riding out the outage on its socket (0: reachable)",
+        labels=["shard"])
     for shard in shards:
         label = [_label(shard, divisor)]
         counts = shard.counts
@@ -150,7 +154,8 @@ def freshness_families(shards: Iterable[ShardStatus], divisor: int = 0) -> Itera
         quarantined.add_metric(label, counts.quarantined)
         unattributed.add_metric(label, counts.unattributed)
         sink_errors.add_metric(label, counts.sink_errors)
-    return event_age, commit_age, snapshot, latency, quarantined, unattributed, sink_errors
+        sink_down.add_metric(label, shard.sink_down_for or 0.0)
+    return event_age, commit_age, snapshot, latency, quarantined, unattributed, sink_errors, sink_down
 
 
 # --- resharding (supervisor/resharding.py) -----------------------------------------------------------

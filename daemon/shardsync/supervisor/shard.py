@@ -170,7 +170,15 @@ class Shard:
             last_commit_age=_age(wall, self.last_commit_at, self.taken_wall),
             snapshot_seconds=self.snapshot_seconds,
             counts=self.tally.total,
+            sink_down_for=self._sink_down_for(wall),
         )
+
+    def _sink_down_for(self, wall: float) -> float | None:
+        """How long the current worker has not reached its sink (its exit clears its beat)."""
+        beat = self.beat
+        if beat is None or beat.sink_down_at is None:
+            return None
+        return round(max(0.0, wall - beat.sink_down_at), 3)
 
     def on_beat(self, beat: ipc.Heartbeat, now: float) -> None:
         self.beat = beat

@@ -64,6 +64,8 @@ class ShardStatus:
     #: Its part in a resharding in progress: "old" (to be replaced), "pending" (new, its move not
     #: done yet: the old shard it replaces still holds its accounts) or "new"; None when none runs.
     reshard: str | None = None
+    #: Seconds its worker has not reached its sink (an outage it rides out on its socket); None: reachable.
+    sink_down_for: float | None = None
 
     @property
     def live(self) -> bool:
@@ -133,6 +135,7 @@ def render_status(snap: StatusSnapshot) -> bytes:
             "next_restart_in": _seconds(s.next_restart_in),
             "parked_reason": _text(s.parked_reason),
             "rejections": s.rejections,
+            "sink_down_for": _seconds(s.sink_down_for),
             **({"reshard": s.reshard} if s.reshard is not None else {}),
         }
         for s in snap.shards

@@ -260,6 +260,7 @@ class Batch:
         """The sink cannot be reached: the outage begins, its changes wait (the mirror is not rolled back)."""
         self._vitals.sink_errors += 1
         self._vitals.last_error = str(exc)
+        self._vitals.sink_down_at = self._wall()
         now = self._clock()
         outage = self.outage = Outage(self._retry, now, OUTAGE_BATCHES * self._batch_max, snapshot=snapshot)
         delay = outage.failed(now)
@@ -297,10 +298,10 @@ class Batch:
         except SinkError:
             # Back, but refusing this batch: as any refused batch, the mirror returns to the sink and resyncs.
             self._vitals.sink_errors += 1
-            self.outage, self._pending = None, []
+            self.outage, self._pending, self._vitals.sink_down_at = None, [], None
             self.mirror.rollback()
             raise
-        self.outage, self._pending = None, []
+        self.outage, self._pending, self._vitals.sink_down_at = None, [], None
         self.mirror.commit()
         ended = self._clock()
         if row is not None:

@@ -82,6 +82,8 @@ class Vitals:
     quarantined: int = 0
     #: Sink writes that failed (each ends the session: the next one resyncs).
     sink_errors: int = 0
+    #: Wall clock when the sink became unreachable; None while it is reachable.
+    sink_down_at: float | None = None
 
     def committed(self, seconds: float, at: float) -> None:
         """A batch committed after ``seconds``, at wall-clock ``at``."""
@@ -185,6 +187,7 @@ class ParentLink:
                 quarantined=v.quarantined,
                 unattributed=getattr(v.mirror, "unattributed", 0),
                 sink_errors=v.sink_errors,
+                sink_down_at=v.sink_down_at,
             )
         )
         if not alive:
