@@ -19,7 +19,7 @@ from shardsync.protocol import PropsEvent
 from shardsync.sinks import Freshness, SinkError, SinkUnavailable, open_sink
 from shardsync.sinks.base import Sink
 from shardsync.worker.batch import Batch
-from shardsync.worker.outage import OUTAGE_BATCHES
+from shardsync.worker.outage import OUTAGE_BATCHES, OUTAGE_BYTES
 from shardsync.worker.parent import Vitals
 
 T0 = "2024-01-01T00:00:00.000Z"
@@ -185,3 +185,29 @@ def test_a_sink_back_but_refusing_the_batch_rolls_back_and_raises(tmp_path: Path
         batch.commit()
     assert not isinstance(caught.value, SinkUnavailable)
     assert batch.outage is None and dict(batch.mirror.items()) == {}
+
+
+def test_large_entities_overflow_the_outage_on_bytes_before_the_record_count(tmp_path: Path) -> None:
+    """A few large entities fill the outage's byte bound long before OUTAGE_BATCHES x batch_max records: they are
+    dropped, and the recovering write brings the sink to the mirror's state as for any overflow."""
+    clock = Clock()
+    batch, sink = make(tmp_path, clock)
+    batch.apply(order(1, v=0), T0)
+    batch.commit()
+    sink.down = True
+    batch.apply(order(1, v=1), T0)
+    batch.commit()
+    assert batch.outage is not None
+    big = "x" * (1024 * 1024)
+    fits = OUTAGE_BYTES // len(big) - 1  # records of a little more than 1 MiB of JSON each
+    assert fits + 2 < OUTAGE_BATCHES * BATCH_MAX, "the record count alone would keep them all"
+    with capture_logs() as logs:
+        for n in range(fits + 2):
+            batch.apply(order(1, v=n + 2, blob=big), T0)
+    assert [line["event"] for line in logs] == ["sink_buffer_overflowed"]
+    assert logs[0]["held_bytes"] <= OUTAGE_BYTES and logs[0]["held"] < fits + 2
+    assert batch._pending == [] and batch.outage.overflowed
+    sink.down = False
+    clock.now = batch.outage.retry_at
+    batch.commit()
+    assert stored(sink) == dict(batch.mirror.items()) == {("order", 1): {"id": 1, "v": fits + 3, "blob": big}}

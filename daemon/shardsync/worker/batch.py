@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import orjson
+
 from shardsync.backoff import Backoff
 from shardsync.change import Change, Entity, Key, Origin
 from shardsync.clip import clip
@@ -156,9 +158,10 @@ class Batch:
 
     def add(self, changes: list[Change]) -> None:
         outage = self.outage
-        if outage is not None and changes and not outage.keep(len(self._pending), len(changes)):
+        if outage is not None and changes and not outage.keep(len(self._pending), len(changes), _size(changes)):
             if self._pending:
-                self.log.error("sink_buffer_overflowed", held=len(self._pending), limit=outage.limit)
+                self.log.error("sink_buffer_overflowed", held=len(self._pending), limit=outage.limit,
+                               held_bytes=outage.held_bytes, byte_limit=outage.byte_limit)
                 self._pending = []
             return
         if changes and not self._pending:
@@ -340,3 +343,15 @@ class Batch:
             return None
         return self.status.row(state if state is not None else self.sink_state(), event_at=self._vitals.last_event_at,
                                commit_at=commit_at, snapshot_at=snapshot_at)
+
+
+def _size(changes: list[Change]) -> int:
+    """The JSON bytes of the changes' entities (computed only during an outage: no sink write runs then)."""
+    dumps = orjson.dumps
+    size = 0
+    for change in changes:
+        try:
+            size += len(dumps(change.entity))
+        except (TypeError, orjson.JSONEncodeError):
+            size += 64  # unstorable: the sink refuses it when it is back, as it would have
+    return size

@@ -4,7 +4,9 @@ A sink raises :class:`~shardsync.sinks.SinkUnavailable` when its server is
 gone (a PostgreSQL crash or restart), not when it refuses a batch.  Then the
 session goes on: the socket stays open, the mirror keeps applying events,
 and the batch keeps their change records, at most :data:`OUTAGE_BATCHES` x
-``batch_max`` of them.  The sink is tried again with capped exponential
+``batch_max`` of them and at most :data:`OUTAGE_BYTES` of their entities as
+JSON (a record holds its entity: a few large ones weigh more than many
+small).  The sink is tried again with capped exponential
 backoff (the worker's ``backoff_initial``/``backoff_max``).  Past the bound
 the records are dropped and the outage is *overflowed*: once the sink is
 back it gets the difference between what it holds and the mirror, as one
@@ -22,6 +24,8 @@ from shardsync.backoff import Backoff
 
 #: The change records an outage holds, in batches of ``batch_max``.
 OUTAGE_BATCHES: Final = 20
+#: The JSON size of the entities of the records an outage holds, at most.
+OUTAGE_BYTES: Final = 32 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -31,6 +35,9 @@ class Outage:
     backoff: Backoff
     started: float
     limit: int
+    byte_limit: int = OUTAGE_BYTES
+    #: JSON bytes of the records held since the outage began.
+    held_bytes: int = 0
     #: Failed attempts so far (the first write included).
     attempts: int = 0
     retry_at: float = 0.0
@@ -51,9 +58,11 @@ class Outage:
     def due(self, now: float) -> bool:
         return now >= self.retry_at
 
-    def keep(self, held: int, more: int) -> bool:
-        """Whether ``more`` records still fit beside the ``held`` ones; False from the first that does not."""
-        if not self.overflowed and held + more <= self.limit:
+    def keep(self, held: int, more: int, size: int = 0) -> bool:
+        """Whether ``more`` records of ``size`` bytes still fit beside the ``held`` ones; False from the first
+        that does not."""
+        if not self.overflowed and held + more <= self.limit and self.held_bytes + size <= self.byte_limit:
+            self.held_bytes += size
             return True
         self.overflowed = True
         self.dropped += more
