@@ -8,6 +8,7 @@ import errno
 import fcntl
 import os
 import re
+import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -170,6 +171,11 @@ def retired_status(current: Freshness | None, remainder: int, divisor: int) -> F
     if current is None:
         return Freshness(remainder, divisor, "", SinkState.RETIRED, None, None, None, "")
     return dataclasses.replace(current, state=SinkState.RETIRED)
+
+
+def utc_now() -> str:
+    """Wall-clock time now in the sinks' time format."""
+    return iso_utc(time.time())
 
 
 def iso_utc(seconds: float) -> str:

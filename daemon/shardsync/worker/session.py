@@ -1,15 +1,13 @@
 """The worker's state machine: connect -> authorize -> sync -> live; reconnect on any fault.
 
-Everything runs on one thread, in one selector over the WebSocket and the
-parent's fds.  The parts each have their own room: ``parent.py`` (inbox,
-heartbeats, state told to the parent, stop), ``receive.py`` (one read pass
-and its deadlines), ``exchange.py`` (the requests, what is awaited by when,
-time penalties, refusals told to the parent), ``snapshot.py`` (the
-snapshot's parts, the quiet rule and its bounds), ``reconcile.py`` (a
-snapshot into the sink without a false deletion), ``batch.py`` (pending
-changes -> sink -> mirror), ``upkeep.py`` (the freshness row and retention
-while live); ``boot.py`` makes a forked process a worker.  This module only
-decides what a message means in the current state.
+Everything runs on one thread, in one selector over the WebSocket and the parent's fds.  The parts each
+have their own room: ``parent.py`` (inbox, heartbeats, state told to the parent, stop), ``receive.py``
+(one read pass and its deadlines), ``exchange.py`` (the requests, what is awaited by when, time penalties,
+refusals told to the parent), ``snapshot.py`` (the snapshot's parts, the quiet rule and its bounds),
+``reconcile.py`` (a snapshot into the sink without a false deletion), ``batch.py`` (pending changes ->
+sink -> mirror), ``upkeep.py`` (the freshness row and retention while live), ``gcpause.py`` (the garbage
+collector out of the way of a bulk snapshot); ``boot.py`` makes a forked process a worker.  This module
+only decides what a message means in the current state.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ import random
 import selectors
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -30,10 +27,12 @@ from shardsync.ipc import ShardState
 from shardsync.mirror import MirrorError
 from shardsync.protocol import CloseFrame, PropsEvent, ProtocolError, Response, ShutdownEvent, SystemEvent
 from shardsync.sinks import SinkError
+from shardsync.sinks.base import utc_now
 from shardsync.worker.batch import Batch
 from shardsync.worker.connection import Closed, Connection, ConnectionLost
 from shardsync.worker.ending import SessionEnded, TokenRejected
 from shardsync.worker.exchange import Exchange
+from shardsync.worker.gcpause import SnapshotGc
 from shardsync.worker.options import WorkerOptions
 from shardsync.worker.parent import ParentLink, Stopping, Vitals, interruptible
 from shardsync.worker.receive import NO_BYTE_LIMIT, Receiver
@@ -43,11 +42,6 @@ from shardsync.worker.upkeep import Upkeep
 
 #: Server text in the worker's own log lines is clipped to this.
 LOG_TEXT = 300
-
-
-def utc_now() -> str:
-    """Wall-clock time as ISO-8601 UTC with milliseconds."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Worker:
@@ -92,6 +86,7 @@ class Worker:
         self._assembler: SnapshotAssembler | None = None
         self._live = False
         self._sync_bytes_at = 0
+        self._gc = SnapshotGc()
 
     # --- the outer loop ---------------------------------------------------------
 
@@ -124,8 +119,9 @@ class Worker:
         attempt = 0
         while True:
             try:
-                batch = Batch.open(self.options, self.remainder, announce=self.link.busy, clock=self._clock,
-                                   vitals=self.vitals, log=self.log)
+                with self._gc.bulk():  # the mirror's preload from the sink is a bulk build too
+                    batch = Batch.open(self.options, self.remainder, announce=self.link.busy, clock=self._clock,
+                                       vitals=self.vitals, log=self.log)
             except SinkError as exc:
                 attempt += 1
                 self.vitals.last_error = str(exc)
@@ -153,6 +149,7 @@ class Worker:
     def _end_session(self) -> None:
         """Forget everything the session held: its question, its snapshot, its provisional deletions."""
         self.exchange.end()
+        self._gc.resume(freeze=False)
         self._assembler = None
         self._live = False
         if self._reconciler is not None:
@@ -273,6 +270,7 @@ class Worker:
             timeout=options.snapshot_timeout, max_bytes=options.max_snapshot_bytes,
             max_entities=options.max_snapshot_entities,
         )
+        self._gc.pause()
         if not resend:
             self.batch.status.new_session()
             self.link.set_state(ShardState.SYNCING)
@@ -317,6 +315,7 @@ class Worker:
         outcome = self._reconciler.reconcile(assembler, self._now_iso())
         parts, buffered = assembler.parts, len(assembler.buffered)
         assembler.release()
+        self._gc.resume()
         self.vitals.snapshot_seconds = round(self._clock() - self._sync_sent_at, 3)
         if outcome.resync:
             raise SessionEnded(f"mass deletion held back: {outcome.verdict.suspected} of "
