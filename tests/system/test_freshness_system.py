@@ -62,7 +62,7 @@ def test_shard_status_through_kill_resync_and_stop(
     shard = daemon.wait_live()[0]
     path = daemon.db_path(0)
     first = wait_until(lambda: (r := status_of(path)) and r.state == "live" and r, 10, "a live row")
-    sim.configure(split_delay=0.5)  # the resync takes about 1.5 s: long enough to be seen
+    sim.configure(split_delay=1.0)  # the resync takes about 2 s: long enough for the watch to see it
     watch = Watch(path)
     os.kill(shard["pid"], signal.SIGKILL)
     wait_until(lambda: (p := daemon.shards()[0]["pid"]) and p != shard["pid"] and daemon.shards()[0]["state"] == "live",
