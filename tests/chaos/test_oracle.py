@@ -123,6 +123,9 @@ FLAWS = {
         s.changes[0].append(Row(3, T0 + 6.5, "rejected", "order", "Created", None, 2**63 + 1)),
         j.append(Executed(Fault(1, "poison", (0,), 1.0), T0 + 6, T0 + 7,
                           notes={"poisoned": {"entityType": "order", "id": 2**63}})))),
+    "live poison delivered, not quarantined": ("quarantine", lambda s, j: j.append(Executed(
+        Fault(1, "poison", (0,), 1.0, {"in_snapshot": False}), T0 + 6, T0 + 7,
+        notes={"poisoned": {"entityType": "order", "id": 1}}))),
 }
 
 
@@ -182,3 +185,15 @@ def test_exit_clean() -> None:
     assert exit_clean(0, []) == []
     assert exit_clean(1, []) == ["daemon exited 1 on SIGTERM"]
     assert exit_clean(None, [5]) == ["daemon exited None on SIGTERM", "worker 5 outlived the parent"]
+
+
+def test_a_live_poison_no_worker_surely_read_is_not_owed() -> None:
+    """A live poison sent while the shard's only subscription closed before the end (or none was open) owes no
+    rejected row: the simulator keeps live poisons out of later snapshots, so the server no longer has it."""
+    seen, journal = good()
+    journal.append(Executed(Fault(1, "poison", (0,), 1.0, {"in_snapshot": False}), T0 + 6, T0 + 7,
+                            notes={"poisoned": {"entityType": "order", "id": 1}}))
+    seen.subscriptions[0]["closed_at"] = T0 + 6.2
+    assert "quarantine" not in violations(seen, journal)
+    seen.subscriptions[0].update(synced_at=T0 + 6.5, closed_at=None)  # opened after the poison was sent
+    assert "quarantine" not in violations(seen, journal)
