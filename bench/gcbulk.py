@@ -2,7 +2,8 @@
 
 Three ways, each in its own process: ``on`` (the collector as Python leaves it), ``off`` (disabled for the
 bulk step, enabled after) and ``freeze`` (what ``worker/gcpause.py`` does: a full collection, disabled for the
-bulk step, everything frozen and enabled after). Each takes a first snapshot, 300,000 live updates, a resync
+bulk step, everything frozen and enabled after; the daemon collects before every 16th snapshot, this bench
+before each, the worst case). Each takes a first snapshot, 300,000 live updates, a resync
 of the same snapshot and 300,000 more updates, and prints the bulk seconds and the slowest single live update
 (a collection that walks the bulk step's objects shows there).
 
