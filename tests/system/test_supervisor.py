@@ -120,8 +120,6 @@ def test_the_parent_has_one_thread_and_a_worker_only_its_checkpointer(sim_factor
         assert threads(pid) <= 2, remainder
 
 
-
-
 def test_sigkill_worker_changes_only_its_shard(sim_factory: Callable[..., Simulator],
                                               daemon_factory: Callable[..., Daemon]) -> None:
     """SIGKILL of one worker replaces only that shard's process and socket, and the shard resyncs to the truth."""

@@ -194,7 +194,6 @@ def test_counters_and_freshness_survive_a_worker_restart(make: Any) -> None:
     assert value(samples, "shardsync_shard_snapshot_duration_seconds", shard="2") == 1.5
 
 
-
 def test_sink_down_follows_the_current_workers_outage_on_the_wall_clock(make: Any) -> None:
     """A beat naming when the sink went down gives its age in /status and /metrics, growing with the wall clock;
     a beat without one, or the worker's death, reads reachable (None, 0)."""
@@ -216,6 +215,7 @@ def test_sink_down_follows_the_current_workers_outage_on_the_wall_clock(make: An
     parent.fakes.worker(1).exit(exited_with(1))
     parent.step(2)
     assert down() == (None, 0.0), "a dead worker's outage is not the replacement's"
+
 
 def test_every_series_is_there_for_every_shard_in_every_state(make: Any) -> None:
     """Before any heartbeat, live, crashed (backoff), parked and stopping: each per-shard family has every shard."""
@@ -342,4 +342,3 @@ def test_readme_lists_exactly_the_exposed_series() -> None:
 
     exposed = {series(s.name) for f in families for s in f.samples}
     assert listed == exposed
-
