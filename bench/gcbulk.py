@@ -1,11 +1,10 @@
 """The collector around a bulk snapshot, in isolation: parse + diff + commit N entities, then a live stream.
 
 Three ways, each in its own process: ``on`` (the collector as Python leaves it), ``off`` (disabled for the
-bulk step, enabled after) and ``freeze`` (what ``worker/gcpause.py`` does: a full collection, disabled for the
-bulk step, everything frozen and enabled after; the daemon collects before every 16th snapshot, this bench
-before each, the worst case). Each takes a first snapshot, 300,000 live updates, a resync
-of the same snapshot and 300,000 more updates, and prints the bulk seconds and the slowest single live update
-(a collection that walks the bulk step's objects shows there).
+bulk step, enabled after) and ``freeze`` (the worker's own ``worker/gcpause.SnapshotGc``: a full collection
+before every 16th bulk step, here the first, disabled for it, everything frozen and enabled after). Each takes
+a first snapshot, 300,000 live updates, a resync of the same snapshot and 300,000 more updates, and prints the
+bulk seconds and the slowest single live update (a collection that walks the bulk step's objects shows there).
 
     .venv/bin/python bench/gcbulk.py [--entities 500000]
 """
@@ -21,6 +20,7 @@ import time
 import orjson
 
 from shardsync.mirror import Mirror
+from shardsync.worker.gcpause import SnapshotGc
 
 PART = 10_000
 LIVE = 300_000
@@ -36,13 +36,13 @@ def parts(count: int) -> list[bytes]:
 def run(mode: str, count: int) -> str:
     chunks = parts(count)
     mirror = Mirror()
+    collector = SnapshotGc()
 
     def bulk() -> float:
         started = time.perf_counter()
         if mode == "freeze":
-            gc.unfreeze()
-            gc.collect()
-        if mode != "on":
+            collector.pause()
+        elif mode == "off":
             gc.disable()
         snapshot = {}
         for chunk in chunks:
@@ -52,8 +52,9 @@ def run(mode: str, count: int) -> str:
         mirror.commit()
         del snapshot
         if mode == "freeze":
-            gc.freeze()
-        gc.enable()
+            collector.resume()
+        else:
+            gc.enable()
         return time.perf_counter() - started
 
     def live() -> float:
