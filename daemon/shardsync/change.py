@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
+
+import orjson
 
 #: ``rejected``: an entity the worker quarantined (kept in the change log, never applied to state).
 Origin = Literal["snapshot", "resync", "live", "system", "rejected"]
@@ -38,9 +39,12 @@ ACCOUNT_VIA: dict[str, tuple[str, str]] = {
 }
 
 
-# Not frozen: a frozen dataclass costs ~1 us more per instance, and one is made
-# per change on the hot path.  Treat instances as immutable all the same.
-@dataclass(slots=True)
+#: ``Change(entity=UNPARSED, data=text)``: the entity is parsed from its text only when read.
+UNPARSED: Any = type("Unparsed", (), {"__repr__": lambda self: "UNPARSED", "__slots__": ()})()
+
+_FIELDS = ("origin", "entity_type", "event_type", "id", "entity", "received_at", "account_id")
+
+
 class Change:
     """A single change of a shard, as written to the sinks' change log.
 
@@ -52,16 +56,46 @@ class Change:
     ``eventType`` (``Snapshot``, ``Event`` for a whole system event), its id
     only when it fits int64, and ``Refusal.record()`` as ``entity``.  ``account_id`` is the account
     the change belongs to, attributed by whoever made the change (the mirror
-    follows fills to their order); None when unknown.
+    follows fills to their order); None when unknown.  ``data`` is ``entity``'s
+    JSON text when its maker has it already (the mirror does): the sinks store
+    that text rather than serialise the entity again.  Made with ``entity=UNPARSED``
+    (a snapshot's million changes), the entity is parsed from ``data`` on each read
+    and never held: the sinks read only ``data``.
+
+    A plain class with slots, not a dataclass: one is made per change on the hot
+    path, and the entity must be able to wait in its text.  Treat instances as
+    immutable but for the mirror's late ``account_id``.
     """
 
-    origin: Origin
-    entity_type: str
-    event_type: str
-    id: int | None
-    entity: Any
-    received_at: str
-    account_id: int | None = None
+    __slots__ = ("_entity", "account_id", "data", "entity_type", "event_type", "id", "origin", "received_at")
+
+    def __init__(self, origin: Origin, entity_type: str, event_type: str, id: int | None,  # noqa: PLR0917
+                 entity: Any, received_at: str, account_id: int | None = None, data: str | None = None) -> None:
+        if entity is UNPARSED and data is None:
+            raise ValueError("an unparsed entity needs its data")
+        self.origin = origin
+        self.entity_type = entity_type
+        self.event_type = event_type
+        self.id = id
+        self._entity = entity
+        self.received_at = received_at
+        self.account_id = account_id
+        self.data = data
+
+    @property
+    def entity(self) -> Any:
+        entity = self._entity
+        return orjson.loads(self.data) if entity is UNPARSED else entity  # type: ignore[arg-type]
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Change:
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in _FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return "Change(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELDS) + ")"
 
 
 def account_id_of(entity_type: str, entity: Any) -> int | None:

@@ -9,16 +9,22 @@ committed+pending, so the changes of one batch build on each other; the
 caller calls :meth:`Mirror.commit` once the sink committed the batch, or
 :meth:`Mirror.rollback` when it failed (the session then resyncs).
 
-Entity dicts are stored as given, never copied or modified (callers treat them as immutable);
-compared by value, a comparison too deep for the interpreter counts as "changed" (none raises).
+Each entity is kept as its JSON text (``orjson.dumps``, as the sinks store it), not as the parsed
+dict: half the memory, and the text goes on to the sink in ``Change.data`` (no row is serialised
+twice).  Entities compare by value as parsed dicts did: equal texts are equal, texts that differ
+are parsed and compared (a reordered object is no change; too deep to compare counts as changed).
+An entity no JSON text can hold (never one from the codec) is kept as the object itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, ItemsView, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
-from shardsync.change import ACCOUNT_KEYED_TYPES, ACCOUNT_VIA, EVENT_TYPES, Change, Entity, Key, Origin
+import orjson
+
+from shardsync.change import ACCOUNT_KEYED_TYPES, ACCOUNT_VIA, EVENT_TYPES, UNPARSED, Change, Entity, Key, Origin
 from shardsync.quarantine import Refusal, fits
 
 __all__ = ["Entity", "Key", "Mirror", "MirrorError", "key_of"]
@@ -41,12 +47,35 @@ def key_of(entity_type: str, entity: object) -> Key:
     return (entity_type, ident)
 
 
-#: "Not in the pending overlay" (None there means deleted).
-_ABSENT: Any = object()
+#: How an entity is held: its JSON text, or (not serialisable) the object itself.
+Slot = Any
+_dumps, _loads = orjson.dumps, orjson.loads
 
 
-def _first(item: tuple[Key, Entity]) -> Key:
-    return item[0]
+def text_of(entity: Any) -> str | None:
+    """The JSON text the mirror and the sinks keep for ``entity``; None when it has none."""
+    try:  # decode() also copies: the bytes orjson returns keep a page or more each
+        return _dumps(entity).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+
+
+def entity_of(slot: Slot) -> Any:
+    """The entity a slot holds (parsed anew from its text: callers may keep or change it)."""
+    return _loads(slot) if type(slot) is str else slot
+
+
+def _same(slot: Slot, text: str | None, entity: Any) -> bool:
+    """Whether the held ``slot`` and a new ``entity`` (or its text; the text is ``text``) are equal by value."""
+    if text is not None and slot == text:
+        return True
+    try:
+        return bool(entity_of(slot) == entity_of(entity))
+    except RecursionError:  # nested too deep to compare: stored again
+        return False
+
+
+_first = itemgetter(0)
 
 
 class Mirror:
@@ -66,32 +95,31 @@ class Mirror:
       or the id of an account-keyed type), else its parent's through
       :data:`~shardsync.change.ACCOUNT_VIA` (a fill through its order) as the
       mirror holds it at that moment, deleted parents of the same snapshot
-      included.  A parent the mirror does not know gives None and counts in
-      :attr:`unattributed`.
+      included; an unknown parent gives None and counts in :attr:`unattributed`.
+    * A reconciliation's ``Deleted`` carries the entity as the mirror held it.
     """
 
     __slots__ = ("_committed", "_committed_counts", "_committed_size", "_committed_synced", "_counts", "_pending",
                  "_size", "_synced", "unattributed")
 
-    def __init__(self, entities: Iterable[tuple[str, int, Entity]] = (), *, synced: bool | None = None) -> None:
-        """Preload committed state from the sink.
+    def __init__(self, entities: Iterable[tuple[str, int, Entity | str]] = (), *, synced: bool | None = None) -> None:
+        """Preload committed state from the sink: each entity as a dict, or as the JSON text the sink holds.
 
-        ``synced`` says whether the sink already went through a first
-        snapshot; by default it is true when any entity was preloaded. A
-        worker whose sink holds history but no entities can pass True so its
-        first snapshot is logged as ``resync``.
+        ``synced`` says whether the sink already went through a first snapshot; by default it is
+        true when any entity was preloaded (a sink with history but no entities passes True).
         """
-        committed: dict[Key, Entity] = {}
+        committed: dict[Key, Slot] = {}
         for entity_type, ident, entity in entities:
             if not isinstance(ident, int) or isinstance(ident, bool):
                 raise MirrorError(f"{entity_type}: preloaded entity has no integer id")
-            committed[(entity_type, ident)] = entity
+            text = entity if type(entity) is str else text_of(entity)
+            committed[(entity_type, ident)] = entity if text is None else text
         counts: dict[str, int] = {}
         for entity_type, _ in committed:
             counts[entity_type] = counts.get(entity_type, 0) + 1
         self._committed = committed
         # None marks a committed key deleted in the pending batch.
-        self._pending: dict[Key, Entity | None] = {}
+        self._pending: dict[Key, Slot | None] = {}
         self._size = self._committed_size = len(committed)
         self._counts = counts
         self._committed_counts = dict(counts)
@@ -100,16 +128,13 @@ class Mirror:
         self.unattributed = 0
 
     # -- reading (committed + pending) ---------------------------------------
-
     def get(self, key: Key) -> Entity | None:
-        """The current entity for ``key``, pending changes included."""
-        pending = self._pending
-        if key in pending:
-            return pending[key]
-        return self._committed.get(key)
+        """The current entity for ``key``, pending changes included (a new dict on every call)."""
+        slot = self._slot(key)
+        return None if slot is None else entity_of(slot)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, tuple) and self.get(key) is not None
+        return isinstance(key, tuple) and self._slot(key) is not None
 
     def __len__(self) -> int:
         return self._size
@@ -117,16 +142,17 @@ class Mirror:
     def items(self) -> Iterator[tuple[Key, Entity]]:
         """Current entities, pending changes included; do not diff while iterating."""
         pending = self._pending
-        for key, entity in self._committed.items():
+        for key, slot in self._committed.items():
             if key not in pending:
-                yield key, entity
+                yield key, entity_of(slot)
         for key, maybe in pending.items():
             if maybe is not None:
-                yield key, maybe
+                yield key, entity_of(maybe)
 
-    def committed_items(self) -> ItemsView[Key, Entity]:
+    def committed_items(self) -> Iterator[tuple[Key, Entity]]:
         """Entities as the sink holds them (pending changes excluded)."""
-        return self._committed.items()
+        for key, slot in self._committed.items():
+            yield key, entity_of(slot)
 
     def counts(self) -> dict[str, int]:
         """Current entities per type, pending changes included."""
@@ -143,12 +169,11 @@ class Mirror:
         return len(self._pending)
 
     # -- diffing --------------------------------------------------------------
-
-    def vanished(self, snapshot: Mapping[Key, Entity], *, types: Collection[str] | None = None) -> list[Key]:
+    def vanished(self, snapshot: Mapping[Key, Any], *, types: Collection[str] | None = None) -> list[Key]:
         """The current keys :meth:`diff_snapshot` would delete for ``snapshot``, in ``(entity_type, id)`` order."""
         return [key for key, _ in self._vanished(snapshot, self._scope(types))]
 
-    def diff_snapshot(self, snapshot: Mapping[Key, Entity], *, types: Collection[str] | None, received_at: str,
+    def diff_snapshot(self, snapshot: Mapping[Key, Any], *, types: Collection[str] | None, received_at: str,
                       deleting: Sequence[Key] | None = None) -> list[Change]:
         """Reconcile with a complete snapshot and return the changes it implies.
 
@@ -157,8 +182,7 @@ class Mirror:
         scope: when given, snapshot entities of other types are ignored (the
         server sent what was not asked for) and current entities of other
         types are deleted (left over from an older configuration). ``None``
-        takes the snapshot as is. Keys are built from entities whose ids were
-        checked, by the codec (``syncmessage.snapshot_entities``) or :func:`key_of`.
+        takes the snapshot as is. Values are entities or their JSON text; keys come from checked ids.
         ``deleting`` narrows the deletions to those keys (sorted; the other
         vanished keys stay, for the caller to delete later with :meth:`delete_keys`, or never).
         """
@@ -167,24 +191,24 @@ class Mirror:
         if deleting is None:
             vanished = self._vanished(snapshot, scope)
         else:
-            vanished = [(key, entity) for key in deleting
-                        if key not in snapshot and (entity := self.get(key)) is not None]
+            vanished = [(key, slot) for key in deleting
+                        if key not in snapshot and (slot := self._slot(key)) is not None]
         changes = self._delete(vanished, origin, received_at)
 
         committed, pending, account = self._committed, self._pending, self._attribute
         orphans: list[Change] = []
-        for key, entity in snapshot.items():
+        for key, value in snapshot.items():
             if scope is not None and key[0] not in scope:
                 continue
             current = pending[key] if key in pending else committed.get(key)
-            try:
-                if current == entity:
-                    continue
-            except RecursionError:  # nested too deep to compare: stored again
-                pass
-            self._put(key, entity, current is not None)
-            event_type = "Created" if current is None else "Updated"
-            change = Change(origin, key[0], event_type, key[1], entity, received_at, account(key[0], entity, False))
+            text = value if type(value) is str else text_of(value)
+            if current is not None and _same(current, text, value):
+                continue
+            self._put(key, value if text is None else text, current is not None)
+            # A text is parsed for its account only, and the change holds the text alone.
+            entity, unparsed = (_loads(value), UNPARSED) if type(value) is str else (value, value)
+            change = Change(origin, key[0], "Created" if current is None else "Updated", key[1], unparsed, received_at,
+                            account(key[0], entity, False), text)
             if change.account_id is None and key[0] in ACCOUNT_VIA:
                 orphans.append(change)
             changes.append(change)
@@ -196,15 +220,16 @@ class Mirror:
 
     def delete_keys(self, keys: Sequence[Key], *, origin: Origin, received_at: str) -> list[Change]:
         """Delete those of ``keys`` (sorted) that are current, as changes of ``origin``; absent keys are skipped."""
-        vanished = [(key, entity) for key in keys if (entity := self.get(key)) is not None]
+        vanished = [(key, slot) for key in keys if (slot := self._slot(key)) is not None]
         return self._delete(vanished, origin, received_at)
 
-    def _scope(self, types: Collection[str] | None) -> frozenset[str] | None:
+    @staticmethod
+    def _scope(types: Collection[str] | None) -> frozenset[str] | None:
         if isinstance(types, str):  # a Collection[str] of characters: always a bug
             raise MirrorError(f"types must be a collection of names, not {types!r}")
         return None if types is None else frozenset(types)
 
-    def _vanished(self, snapshot: Mapping[Key, Entity], scope: frozenset[str] | None) -> list[tuple[Key, Entity]]:
+    def _vanished(self, snapshot: Mapping[Key, Any], scope: frozenset[str] | None) -> list[tuple[Key, Slot]]:
         committed, pending = self._committed, self._pending
         # Written out per case rather than through a helper: with up to 1M
         # entities, per-key function calls dominate the cost.
@@ -219,11 +244,15 @@ class Mirror:
         vanished.sort(key=_first)
         return vanished
 
-    def _delete(self, vanished: list[tuple[Key, Entity]], origin: Origin, received_at: str) -> list[Change]:
+    def _delete(self, vanished: list[tuple[Key, Slot]], origin: Origin, received_at: str) -> list[Change]:
         """Remove the current ``vanished`` entities; their Deleted changes, attributed before the removals."""
         # Attributed first: a fill and its order may vanish together.
         account = self._attribute
-        changes = [Change(origin, k[0], "Deleted", k[1], e, received_at, account(k[0], e)) for k, e in vanished]
+        changes = []
+        for (entity_type, ident), slot in vanished:
+            entity = entity_of(slot)
+            changes.append(Change(origin, entity_type, "Deleted", ident, entity, received_at,
+                                  account(entity_type, entity), slot if type(slot) is str else None))
         committed, pending, counts = self._committed, self._pending, self._counts
         for key, _ in vanished:
             if key in committed:
@@ -263,51 +292,29 @@ class Mirror:
         """
         if event_type not in EVENT_TYPES:
             raise MirrorError(f"{entity_type}: unknown eventType {event_type!r}")
-        if len(entities) == 1:
-            # The live hot path, written out (see _decode_messages in protocol).
-            entity = entities[0]
-            ident = entity["id"]
-            key = (entity_type, ident)
-            pending = self._pending
-            current = pending[key] if key in pending else self._committed.get(key)
-            if event_type == "Deleted":
-                if current is None:
-                    return []
-                self._remove(key)
-                # A Deleted event may carry only the id: the stored entity knows its account.
-                owner = current
-            else:
-                try:
-                    if current == entity:
-                        return []
-                except RecursionError:  # nested too deep to compare: stored again
-                    pass
-                self._put(key, entity, current is not None)
-                owner = entity
-            account = ident if entity_type in ACCOUNT_KEYED_TYPES else owner.get("accountId")
-            if type(account) is not int:
-                account = self._through_parent(entity_type, owner)
-            return [Change("live", entity_type, event_type, ident, entity, received_at, account)]
         changes: list[Change] = []
         deleting = event_type == "Deleted"
+        pending, committed = self._pending, self._committed
         for entity in entities:
-            key = (entity_type, entity["id"])
-            current = self.get(key)
+            ident = entity["id"]
+            key = (entity_type, ident)
+            current = pending[key] if key in pending else committed.get(key)
             if deleting:
                 if current is None:
                     continue
                 self._remove(key)
-                owner = current
+                # A Deleted event may carry only the id: the stored entity knows its account.
+                owner, text = entity_of(current), None
             else:
-                try:
-                    if current == entity:
-                        continue
-                except RecursionError:  # nested too deep to compare: stored again
-                    pass
-                self._put(key, entity, current is not None)
+                text = text_of(entity)
+                if current is not None and _same(current, text, entity):
+                    continue
+                self._put(key, entity if text is None else text, current is not None)
                 owner = entity
-            account = self._attribute(entity_type, owner)
-            changes.append(Change("live", entity_type, event_type, key[1], entity, received_at, account))
+            account = ident if entity_type in ACCOUNT_KEYED_TYPES else owner.get("accountId")
+            if type(account) is not int:
+                account = self._through_parent(entity_type, owner)
+            changes.append(Change("live", entity_type, event_type, ident, entity, received_at, account, text))
         return changes
 
     def system(self, name: str, payload: Any, *, received_at: str) -> Change:
@@ -324,7 +331,6 @@ class Mirror:
                       account if fits(account) else None)
 
     # -- batch boundaries -----------------------------------------------------
-
     def commit(self) -> None:
         """Make the pending changes committed: the sink committed their batch."""
         committed = self._committed
@@ -346,6 +352,8 @@ class Mirror:
         self._synced = self._committed_synced
 
     # -- internals ------------------------------------------------------------
+    def _slot(self, key: Key) -> Slot | None:
+        return self._pending[key] if key in self._pending else self._committed.get(key)
 
     def _attribute(self, entity_type: str, entity: Entity, count: bool = True) -> int | None:
         """The account of ``entity``: its own, else its parent chain's as the mirror holds it now."""
@@ -360,13 +368,9 @@ class Mirror:
         if via is None:
             return None  # a type that belongs to no account (user, contract...)
         parent_type, parent_id = via[1], entity.get(via[0])
-        parent = None
-        if type(parent_id) is int:
-            key = (parent_type, parent_id)
-            parent = self._pending.get(key, _ABSENT)
-            if parent is _ABSENT:
-                parent = self._committed.get(key)
-        if parent is not None:
+        slot = self._slot((parent_type, parent_id)) if type(parent_id) is int else None
+        if slot is not None:
+            parent = entity_of(slot)
             account = parent.get("id") if parent_type in ACCOUNT_KEYED_TYPES else parent.get("accountId")
             if type(account) is int:
                 return account
@@ -376,8 +380,8 @@ class Mirror:
             self.unattributed += 1
         return None
 
-    def _put(self, key: Key, entity: Entity, existed: bool) -> None:
-        self._pending[key] = entity
+    def _put(self, key: Key, slot: Slot, existed: bool) -> None:
+        self._pending[key] = slot
         if not existed:
             self._size += 1
             counts = self._counts
@@ -387,14 +391,10 @@ class Mirror:
         """Delete a key known to be present."""
         if key in self._committed:
             self._pending[key] = None
-        else:
-            # Never committed, so no tombstone is needed: dropping the overlay
-            # entry restores "absent" (both changes were still emitted).
+        else:  # never committed: dropping the overlay entry restores "absent", no tombstone needed
             del self._pending[key]
         self._size -= 1
         counts = self._counts
-        left = counts[key[0]] - 1
-        if left:
-            counts[key[0]] = left
-        else:
+        counts[key[0]] -= 1
+        if not counts[key[0]]:
             del counts[key[0]]

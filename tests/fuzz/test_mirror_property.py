@@ -65,7 +65,7 @@ def check_invariants(m: Mirror) -> None:
         expected_counts[entity_type] = expected_counts.get(entity_type, 0) + 1
     assert m.counts() == expected_counts
     for key, entity in items.items():
-        assert m.get(key) is entity
+        assert m.get(key) == entity
 
 
 @dataclass

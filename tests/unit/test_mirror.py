@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from shardsync.change import Change
@@ -97,7 +98,8 @@ def test_snapshot_deleted_change_carries_the_last_known_entity() -> None:
     last = order(5, "Filled")
     m = Mirror([("order", 5, last)])
     [change] = m.diff_snapshot({}, types=None, received_at=T)
-    assert change.event_type == "Deleted" and change.entity is last
+    assert change.event_type == "Deleted" and change.entity == last
+    assert change.data == orjson.dumps(last).decode()
     assert m.get(("order", 5)) is None and len(m) == 0
 
 
@@ -367,12 +369,36 @@ def test_preload_rejects_non_integer_ids() -> None:
         Mirror([("order", True, {"id": True})])
 
 
-def test_entities_are_stored_without_copying() -> None:
-    """The mirror stores the entity object it was given (entities are immutable by contract)."""
+def test_entities_are_held_as_their_json_text() -> None:
+    """The mirror keeps an entity's JSON text, hands it to the change as ``data`` and parses a new dict per get()."""
     e = order(1)
     m = Mirror()
     [change] = m.diff_event("order", "Created", [e], received_at=T)
-    assert m.get(("order", 1)) is e and change.entity is e
+    assert change.entity is e and change.data == orjson.dumps(e).decode()
+    held = m.get(("order", 1))
+    assert held == e and held is not e
+    held["ordStatus"] = "Filled"  # a caller's copy: the mirror is not changed through it
+    assert m.get(("order", 1)) == e
+
+
+def test_a_reordered_or_equal_valued_entity_is_no_change() -> None:
+    """Texts that differ but parse equal (keys reordered, 1 vs 1.0) change nothing, as dict equality said."""
+    m = Mirror([("order", 1, {"id": 1, "accountId": 7, "qty": 1})])
+    assert m.diff_event("order", "Updated", [{"qty": 1.0, "accountId": 7, "id": 1}], received_at=T) == []
+    assert m.diff_snapshot({("order", 1): {"accountId": 7, "id": 1, "qty": 1}}, types=None, received_at=T) == []
+    [change] = m.diff_event("order", "Updated", [{"id": 1, "accountId": 7, "qty": 2}], received_at=T)
+    assert change.event_type == "Updated" and m.get(("order", 1)) == {"id": 1, "accountId": 7, "qty": 2}
+
+
+def test_an_entity_without_json_text_is_kept_as_the_object() -> None:
+    """An entity orjson cannot serialise (never one from the codec) is held as is and still compared by value."""
+    odd = {"id": 1, "big": 2**70}
+    m = Mirror()
+    [change] = m.diff_event("order", "Created", [odd], received_at=T)
+    assert change.data is None and m.get(("order", 1)) is odd
+    assert m.diff_event("order", "Updated", [{"id": 1, "big": 2**70}], received_at=T) == []
+    [gone] = m.diff_snapshot({}, types=None, received_at=T)
+    assert gone.event_type == "Deleted" and gone.entity is odd and gone.data is None
 
 
 def test_vanished_lists_what_a_snapshot_would_delete_sorted_and_deletes_nothing() -> None:

@@ -563,3 +563,32 @@ def test_rejected_changes_are_logged_and_never_applied(kind: str, directory: Pat
         assert [(line["origin"], line["entityType"]) for line in lines(directory)][1:] == [
             ("rejected", "account"), ("rejected", "position"), ("rejected", "order")
         ]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_change_carrying_its_json_text_is_stored_as_that_text(kind: str, directory: Path) -> None:
+    """A change's ``data`` (the mirror's text of its entity) is what the sink stores: not serialised again."""
+    text = '{"name":"as held","id":1}'
+    with open_(kind, directory) as sink:
+        sink.write([Change("live", "account", "Created", 1, {"id": 1, "name": "as held"}, AT, 1, text)])
+    if kind == "sqlite":
+        with sqlite3.connect(shard_file(kind, directory)) as conn:
+            assert conn.execute("SELECT data FROM entities").fetchall() == [(text,)]
+            assert conn.execute("SELECT data FROM events").fetchall() == [(text,)]
+    else:
+        assert text in shard_file(kind, directory).read_text()
+    with open_(kind, directory) as sink:
+        assert state(sink) == {("account", 1): {"name": "as held", "id": 1}}
+
+
+def test_sqlite_preload_yields_each_rows_text_and_refuses_a_corrupt_one(directory: Path) -> None:
+    """The mirror's preload gets the rows' own JSON text; a row that is no JSON object fails it, named."""
+    with open_("sqlite", directory) as sink:
+        sink.write([change("Created", account(1)), change("Created", account(2))])
+        assert sorted(sink.preload()) == [("account", 1, orjson.dumps(account(1)).decode()),
+                                          ("account", 2, orjson.dumps(account(2)).decode())]
+    for bad, why in (("[1, 2]", ": not an object"), ("{nope", ": ")):
+        with sqlite3.connect(shard_file("sqlite", directory)) as conn:
+            conn.execute("UPDATE entities SET data = ? WHERE id = 2", (bad,))
+        with open_("sqlite", directory) as sink, pytest.raises(SinkError, match=f"corrupt data for account id=2{why}"):
+            list(sink.preload())

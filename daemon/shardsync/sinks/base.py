@@ -116,7 +116,11 @@ class Sink(abc.ABC):
 
     @abc.abstractmethod
     def load(self) -> Iterator[tuple[str, int, dict[str, Any]]]:
-        """Yield ``(entity_type, id, entity)`` for every current entity (to preload the mirror)."""
+        """Yield ``(entity_type, id, entity)`` for every current entity."""
+
+    def preload(self) -> Iterator[tuple[str, int, dict[str, Any] | str]]:
+        """:meth:`load` for the mirror: a sink holding each entity's JSON text as written may yield that text."""
+        return self.load()
 
     @abc.abstractmethod
     def write(self, changes: Sequence[Change], freshness: Freshness | None = None) -> None:
@@ -309,10 +313,12 @@ def batch_rows(
     dumps = orjson.dumps
     for change in changes:
         entity, entity_type, event_type, ident = change.entity, change.entity_type, change.event_type, change.id
-        try:
-            data = dumps(entity).decode()
-        except (TypeError, orjson.JSONEncodeError) as exc:
-            raise dump_error(sink, where, change, exc) from exc
+        data = change.data
+        if data is None:
+            try:
+                data = dumps(entity).decode()
+            except (TypeError, orjson.JSONEncodeError) as exc:
+                raise dump_error(sink, where, change, exc) from exc
         events.append(
             (*event_prefix, change.received_at, change.origin, entity_type, event_type, ident, change.account_id, data)
         )

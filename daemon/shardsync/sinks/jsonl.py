@@ -287,12 +287,13 @@ class JsonlSink(Sink):
             self._broken = True
 
     def _line(self, change: Change, seq: int) -> bytes:
-        entity = change.entity
+        # With its text (the mirror's), the entity is not parsed again: the mirror keyed it by that id.
+        data = change.data
+        entity = change.entity if data is None else orjson.Fragment(data)
         if change.origin not in LOG_ONLY_ORIGINS and (
             # The line format has no separate id, so replay takes it from the
             # entity; a change whose entity does not carry it could not be replayed.
-            type(entity) is not dict
-            or entity.get("id") != change.id
+            (data is None and (type(entity) is not dict or entity.get("id") != change.id))
             or change.id is None
             or change.event_type not in EVENT_TYPES
         ):

@@ -155,6 +155,15 @@ class SqliteSink(Sink):
         return self._conn
 
     def load(self) -> Iterator[tuple[str, int, dict[str, Any]]]:
+        for entity_type, ident, _, entity in self._entities():
+            yield entity_type, ident, entity
+
+    def preload(self) -> Iterator[tuple[str, int, dict[str, Any] | str]]:
+        # The rows' own text (as the mirror would write it), each checked to parse all the same.
+        for entity_type, ident, data, _ in self._entities():
+            yield entity_type, ident, data
+
+    def _entities(self) -> Iterator[tuple[str, int, str, dict[str, Any]]]:
         conn = self._connection()
         try:
             # fetchall, not a lazy cursor: a half-read SELECT keeps a read
@@ -167,7 +176,9 @@ class SqliteSink(Sink):
                 entity = orjson.loads(data)
             except orjson.JSONDecodeError as exc:
                 raise SinkError(f"sqlite sink: {self.file}: corrupt data for {entity_type} id={ident}: {exc}") from exc
-            yield entity_type, ident, entity
+            if type(entity) is not dict:
+                raise SinkError(f"sqlite sink: {self.file}: corrupt data for {entity_type} id={ident}: not an object")
+            yield entity_type, ident, data, entity
 
     def write(self, changes: Sequence[Change], freshness: Freshness | None = None) -> None:
         if not changes:

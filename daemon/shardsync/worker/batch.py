@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from shardsync.backoff import Backoff
-from shardsync.change import Change, Entity, Key, Origin
+from shardsync.change import Change, Key, Origin
 from shardsync.clip import clip
 from shardsync.mirror import Mirror, MirrorError
 from shardsync.protocol import PropsEvent, Rejected, SystemEvent
@@ -87,7 +87,7 @@ class Batch:
                          divisor=options.divisor)
         try:
             announce(60.0)
-            mirror = Mirror(sink.load())
+            mirror = Mirror(sink.preload())
             status = StatusRow(remainder, options.divisor, options.expression, sink.status())
         except BaseException:
             sink.close()
@@ -134,7 +134,7 @@ class Batch:
 
     def reconcile(
         self,
-        snapshot: Mapping[Key, Entity],
+        snapshot: Mapping[Key, Any],
         *,
         received_at: str,
         deleting: Sequence[Key] | None = None,
@@ -350,6 +350,9 @@ def _size(changes: list[Change]) -> int:
     dumps = orjson.dumps
     size = 0
     for change in changes:
+        if change.data is not None:
+            size += len(change.data)
+            continue
         try:
             size += len(dumps(change.entity))
         except (TypeError, orjson.JSONEncodeError):

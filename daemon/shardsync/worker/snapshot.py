@@ -42,6 +42,7 @@ from typing import Any, Final, Literal
 
 from shardsync import syncmessage
 from shardsync.change import Key
+from shardsync.mirror import text_of
 from shardsync.protocol import PropsEvent, ProtocolError, Rejected, Response, SystemEvent
 from shardsync.quarantine import Refusal
 
@@ -87,7 +88,8 @@ class SnapshotAssembler:
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.max_entities = max_entities
-        self.entities: dict[Key, dict[str, Any]] = {}
+        #: Each entity as its JSON text (``mirror.text_of``): a third of a parsed dict's memory until reconciled.
+        self.entities: dict[Key, Any] = {}
         #: Events that arrived before completion, in order, each with its receive time.
         self.buffered: list[tuple[PropsEvent | SystemEvent, str]] = []
         self.parts = 0
@@ -114,9 +116,11 @@ class SnapshotAssembler:
         if response.data is None:
             raise ProtocolError("sync response without a body", b"")
         refused: list[Refusal] = []
+        entities = self.entities
         for entity_type, entity in syncmessage.snapshot_entities(response.data, refused, response.nesting):
             # The codec checked the id (syncmessage.snapshot_entities).
-            self.entities[(entity_type, entity["id"])] = entity
+            text = text_of(entity)
+            entities[(entity_type, entity["id"])] = entity if text is None else text
         if refused:  # quarantine: kept in the change log with the snapshot
             self.buffered.append((Rejected(refused=tuple(refused)), ""))
         if not self.split:
