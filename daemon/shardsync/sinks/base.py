@@ -312,11 +312,10 @@ def batch_rows(
     final: dict[tuple[str, int], Row | None] = {}
     dumps = orjson.dumps
     for change in changes:
-        entity, entity_type, event_type, ident = change.entity, change.entity_type, change.event_type, change.id
-        data = change.data
-        if data is None:
+        entity_type, event_type, ident, data = change.entity_type, change.event_type, change.id, change.data
+        if data is None:  # the mirror's changes carry their text: their entities are not even parsed here
             try:
-                data = dumps(entity).decode()
+                data = dumps(change.entity).decode()
             except (TypeError, orjson.JSONEncodeError) as exc:
                 raise dump_error(sink, where, change, exc) from exc
         events.append(

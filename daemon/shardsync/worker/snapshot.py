@@ -40,9 +40,10 @@ from __future__ import annotations
 
 from typing import Any, Final, Literal
 
+import orjson
+
 from shardsync import syncmessage
 from shardsync.change import Key
-from shardsync.mirror import text_of
 from shardsync.protocol import PropsEvent, ProtocolError, Rejected, Response, SystemEvent
 from shardsync.quarantine import Refusal
 
@@ -116,11 +117,13 @@ class SnapshotAssembler:
         if response.data is None:
             raise ProtocolError("sync response without a body", b"")
         refused: list[Refusal] = []
-        entities = self.entities
+        entities, dumps = self.entities, orjson.dumps
         for entity_type, entity in syncmessage.snapshot_entities(response.data, refused, response.nesting):
-            # The codec checked the id (syncmessage.snapshot_entities).
-            text = text_of(entity)
-            entities[(entity_type, entity["id"])] = entity if text is None else text
+            # The codec checked the id (syncmessage.snapshot_entities); mirror.text_of, written out.
+            try:
+                entities[(entity_type, entity["id"])] = dumps(entity).decode()
+            except (TypeError, orjson.JSONEncodeError):
+                entities[(entity_type, entity["id"])] = entity
         if refused:  # quarantine: kept in the change log with the snapshot
             self.buffered.append((Rejected(refused=tuple(refused)), ""))
         if not self.split:
