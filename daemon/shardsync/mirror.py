@@ -125,16 +125,16 @@ class Mirror:
         self._counts = counts
         self._committed_counts = dict(counts)
         self._synced = self._committed_synced = bool(committed) if synced is None else synced
-        self._owners = Attribution(self._slot, entity_of)
+        self._owners = Attribution(self.slot, entity_of)
 
     # -- reading (committed + pending) ---------------------------------------
     def get(self, key: Key) -> Entity | None:
         """The current entity for ``key``, pending changes included (a new dict on every call)."""
-        slot = self._slot(key)
+        slot = self.slot(key)
         return None if slot is None else entity_of(slot)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, tuple) and self._slot(key) is not None
+        return isinstance(key, tuple) and self.slot(key) is not None
 
     def __len__(self) -> int:
         return self._size
@@ -148,6 +148,12 @@ class Mirror:
         for key, maybe in pending.items():
             if maybe is not None:
                 yield key, entity_of(maybe)
+
+    def held(self) -> Iterator[tuple[Key, Slot]]:
+        """:meth:`items` as held, unparsed (JSON texts): a snapshot :meth:`diff_snapshot` takes as it is."""
+        pending = self._pending
+        yield from ((key, slot) for key, slot in self._committed.items() if key not in pending)
+        yield from ((key, slot) for key, slot in pending.items() if slot is not None)
 
     def committed_items(self) -> Iterator[tuple[Key, Entity]]:
         """Entities as the sink holds them (pending changes excluded)."""
@@ -197,7 +203,7 @@ class Mirror:
             vanished = self._vanished(snapshot, scope)
         else:
             vanished = [(key, slot) for key in deleting
-                        if key not in snapshot and (slot := self._slot(key)) is not None]
+                        if key not in snapshot and (slot := self.slot(key)) is not None]
         changes = self._delete(vanished, origin, received_at)
 
         committed, pending, owners = self._committed, self._pending, self._owners
@@ -235,7 +241,7 @@ class Mirror:
 
     def delete_keys(self, keys: Sequence[Key], *, origin: Origin, received_at: str) -> list[Change]:
         """Delete those of ``keys`` (sorted) that are current, as changes of ``origin``; absent keys are skipped."""
-        vanished = [(key, slot) for key in keys if (slot := self._slot(key)) is not None]
+        vanished = [(key, slot) for key in keys if (slot := self.slot(key)) is not None]
         return self._delete(vanished, origin, received_at)
 
     @staticmethod
@@ -370,7 +376,8 @@ class Mirror:
         self._synced = self._committed_synced
 
     # -- internals ------------------------------------------------------------
-    def _slot(self, key: Key) -> Slot | None:
+    def slot(self, key: Key) -> Slot | None:
+        """How ``key``'s entity is held now (its JSON text, or the object itself); None when absent."""
         return self._pending[key] if key in self._pending else self._committed.get(key)
 
     def _put(self, key: Key, slot: Slot, existed: bool) -> None:

@@ -81,6 +81,7 @@ def same_changes(ours: list[Change], reference: list[Any]) -> None:
 
 def same_state(ours: Mirror, reference: DictMirror) -> None:
     assert dict(ours.items()) == dict(reference.items())
+    assert {key: orjson.loads(slot) for key, slot in ours.held()} == dict(reference.items())
     assert dict(ours.committed_items()) == dict(reference.committed_items())
     assert (len(ours), ours.counts(), ours.pending, ours.snapshot_seen, ours.unattributed) == (
         len(reference), reference.counts(), reference.pending, reference.snapshot_seen, reference.unattributed)

@@ -19,6 +19,7 @@ from polling import wait_until
 from shardsync.change import Change, account_id_of
 from shardsync.sinks import SinkError, open_sink, shard_file_name
 from shardsync.sinks import jsonl as jsonl_module
+from shardsync.sinks import sqlite as sqlite_module
 from shardsync.sinks.base import Sink
 from shardsync.sinks.jsonl import JsonlSink
 from shardsync.sinks.sqlite import SqliteSink
@@ -592,3 +593,25 @@ def test_sqlite_preload_yields_each_rows_text_and_refuses_a_corrupt_one(director
             conn.execute("UPDATE entities SET data = ? WHERE id = 2", (bad,))
         with open_("sqlite", directory) as sink, pytest.raises(SinkError, match=f"corrupt data for account id=2{why}"):
             list(sink.preload())
+
+
+def test_sqlite_writes_a_big_batch_piece_by_piece_in_one_transaction(directory: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Across pieces a key ends in its last state and every change is logged in order; a bad entity in a later
+    piece leaves nothing of the batch written."""
+    monkeypatch.setattr(sqlite_module, "WRITE_PIECE", 2)
+    batch = [change("Created", account(1)), change("Created", account(2)), change("Updated", account(1, v=2)),
+             change("Deleted", account(2)), change("Created", account(2, v=3)), change("Created", account(3))]
+    with open_("sqlite", directory) as sink:
+        sink.write(batch)
+        assert state(sink) == {("account", 1): account(1, v=2), ("account", 2): account(2, v=3),
+                               ("account", 3): account(3)}
+        with sqlite3.connect(shard_file("sqlite", directory)) as conn:
+            logged = conn.execute("SELECT event_type, id FROM events ORDER BY seq").fetchall()
+        assert logged == [(c.event_type, c.id) for c in batch]
+        bad = [change("Created", account(4)), change("Created", account(5)), change("Created", account(6, x={1}))]
+        with pytest.raises(SinkError, match="cannot serialize account Created id=6"):
+            sink.write(bad)
+        assert ("account", 4) not in state(sink)
+        with sqlite3.connect(shard_file("sqlite", directory)) as conn:
+            assert conn.execute("SELECT count(*) FROM events").fetchone() == (len(batch),)

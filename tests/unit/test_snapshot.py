@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from shardsync.mirror import Mirror
 from shardsync.protocol import PropsEvent, ProtocolError, Response, SystemEvent
 from shardsync.worker.snapshot import MAX_QUIET, SnapshotAssembler, SyncRejected
 
@@ -216,3 +217,12 @@ def test_release_drops_what_was_assembled() -> None:
     a.on_response(part({"users": [{"id": 1}]}), 0.0)
     a.release()
     assert a.entities == {} and a.buffered == [] and a.complete
+
+
+def test_an_unchanged_entity_shares_the_mirrors_text() -> None:
+    """With ``held`` (the mirror's slots), an entity equal to the held text keeps that very object; others their own."""
+    mirror = Mirror([("user", 1, {"id": 1, "name": "a"}), ("user", 2, {"id": 2, "name": "b"})])
+    a = SnapshotAssembler(SYNC, split=False, quiet=1.0, held=mirror.slot)
+    a.on_response(part({"users": [{"id": 1, "name": "a"}, {"id": 2, "name": "B"}, {"id": 3}]}), 5.0)
+    assert a.entities[("user", 1)] is mirror.slot(("user", 1))
+    assert a.entities[("user", 2)] == '{"id":2,"name":"B"}' and a.entities[("user", 3)] == '{"id":3}'

@@ -70,6 +70,9 @@ PRUNE = (
 #: Builds the checkpointer of a shard file (None: no checkpoints until close).
 Checkpoints = Callable[[str], Checkpointer] | None
 
+#: Changes serialised and executed at a time inside one batch's transaction (bounds a 1M-change snapshot's rows).
+WRITE_PIECE = 20_000
+
 #: SQLite's automatic checkpoint interval (pages) if the checkpointer thread is lost.
 FALLBACK_CHECKPOINT_PAGES = 4096
 
@@ -187,16 +190,22 @@ class SqliteSink(Sink):
             return
         if freshness is not None:
             self.check_freshness(freshness)
-        # Serialising first means a bad entity fails the batch before any SQL runs.
-        runs, events = self._rows(changes)
+        # Serialising first means a bad entity fails the batch before any SQL runs; a batch bigger than
+        # one piece (a snapshot's) is serialised and executed piece by piece in its one transaction, in
+        # order (each piece's rows are each key's last state in it), so its rows never all exist at once.
+        runs, events = self._rows(changes[:WRITE_PIECE])
         conn = self._connection()
         gate = self._writing()
         try:
             with gate:
                 conn.execute("BEGIN IMMEDIATE")
-                for statement, rows in runs:
-                    conn.executemany(statement, rows)
-                conn.executemany(APPEND, events)
+                for start in range(0, len(changes), WRITE_PIECE):
+                    if start:
+                        runs, events = self._rows(changes[start:start + WRITE_PIECE])
+                    for statement, rows in runs:
+                        conn.executemany(statement, rows)
+                    conn.executemany(APPEND, events)
+                    runs = events = []
                 if freshness is not None:
                     conn.execute(STATUS, freshness.row())
                 conn.execute("COMMIT")

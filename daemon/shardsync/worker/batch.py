@@ -277,7 +277,7 @@ class Batch:
         at = self._wall()
         if outage.overflowed:
             # The records are gone: the sink gets the mirror's state, diffed as a snapshot against what it holds.
-            current = dict(self.mirror.items())
+            current = dict(self.mirror.held())
             self.mirror.rollback()
             changes = self.mirror.diff_snapshot(current, types=None, received_at=iso_utc(at))
         else:

@@ -38,6 +38,7 @@ server that never ends a snapshot cannot hold a worker or its memory.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final, Literal
 
 import orjson
@@ -80,6 +81,7 @@ class SnapshotAssembler:
         timeout: float = _UNBOUNDED,
         max_bytes: float = _UNBOUNDED,
         max_entities: float = _UNBOUNDED,
+        held: Callable[[Key], Any] | None = None,
     ) -> None:
         self.request_id = request_id
         self.split = split
@@ -89,8 +91,10 @@ class SnapshotAssembler:
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.max_entities = max_entities
-        #: Each entity as its JSON text (``mirror.text_of``): a third of a parsed dict's memory until reconciled.
+        #: Each entity as its JSON text (``mirror.text_of``): a third of a parsed dict's memory until reconciled;
+        #: the very text ``held(key)`` gives (the mirror's) when equal, so an unchanged entity costs no text at all.
         self.entities: dict[Key, Any] = {}
+        self._held = held
         #: Events that arrived before completion, in order, each with its receive time.
         self.buffered: list[tuple[PropsEvent | SystemEvent, str]] = []
         self.parts = 0
@@ -117,13 +121,18 @@ class SnapshotAssembler:
         if response.data is None:
             raise ProtocolError("sync response without a body", b"")
         refused: list[Refusal] = []
-        entities, dumps = self.entities, orjson.dumps
+        entities, dumps, held = self.entities, orjson.dumps, self._held
         for entity_type, entity in syncmessage.snapshot_entities(response.data, refused, response.nesting):
             # The codec checked the id (syncmessage.snapshot_entities); mirror.text_of, written out.
+            key = (entity_type, entity["id"])
             try:
-                entities[(entity_type, entity["id"])] = dumps(entity).decode()
+                text = dumps(entity).decode()
             except (TypeError, orjson.JSONEncodeError):
-                entities[(entity_type, entity["id"])] = entity
+                entities[key] = entity
+                continue
+            if held is not None and (known := held(key)) == text:
+                text = known
+            entities[key] = text
         if refused:  # quarantine: kept in the change log with the snapshot
             self.buffered.append((Rejected(refused=tuple(refused)), ""))
         if not self.split:
