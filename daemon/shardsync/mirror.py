@@ -151,9 +151,8 @@ class Mirror:
 
     def held(self) -> Iterator[tuple[Key, Slot]]:
         """:meth:`items` as held, unparsed (JSON texts): a snapshot :meth:`diff_snapshot` takes as it is."""
-        pending = self._pending
-        yield from ((key, slot) for key, slot in self._committed.items() if key not in pending)
-        yield from ((key, slot) for key, slot in pending.items() if slot is not None)
+        yield from ((key, slot) for key, slot in self._committed.items() if key not in self._pending)
+        yield from ((key, slot) for key, slot in self._pending.items() if slot is not None)
 
     def committed_items(self) -> Iterator[tuple[Key, Entity]]:
         """Entities as the sink holds them (pending changes excluded)."""
@@ -161,8 +160,7 @@ class Mirror:
             yield key, entity_of(slot)
 
     @property
-    def unattributed(self) -> int:
-        """Changes of a type attributed through a parent (ACCOUNT_VIA) whose parent was unknown."""
+    def unattributed(self) -> int:  # changes of a type attributed through a parent that was unknown
         return self._owners.unattributed
 
     def counts(self) -> dict[str, int]:
@@ -358,6 +356,8 @@ class Mirror:
     def commit(self) -> None:
         """Make the pending changes committed: the sink committed their batch."""
         committed = self._committed
+        if not committed:  # a first snapshot: the overlay has no tombstones, it becomes the state as it is
+            self._committed, self._pending = self._pending, committed
         for key, maybe in self._pending.items():
             if maybe is None:
                 del committed[key]

@@ -60,6 +60,7 @@ class Rig:
         elif how == "quiet":
             assert assembler.check(1.0)
         assert assembler.complete
+        self.assembler = assembler
         return self.reconciler.reconcile(assembler, T5)
 
     def close(self) -> None:
@@ -85,6 +86,13 @@ def test_a_snapshot_known_whole_deletes_at_once(rig: Rig, how: str) -> None:
     assert outcome.held == 0 and not outcome.resync and outcome.changes == 3
     assert rig.rows("resync") == [("resync", "Deleted", 18), ("resync", "Deleted", 19), ("resync", "Deleted", 20)]
     assert rig.ids() == list(range(1, 18))
+
+
+def test_the_snapshots_table_is_let_go_before_the_sink_write(rig: Rig) -> None:
+    """Once diffed, the assembler no longer holds the snapshot's entities (the mirror has them), events kept."""
+    rig.snapshot(range(1, 21), how="single", events=[updated(3)])
+    assert rig.assembler.entities == {} and len(rig.assembler.buffered) == 1
+    assert rig.ids() == list(range(1, 21))
 
 
 def test_an_inferred_end_holds_deletions_until_the_grace_ends(rig: Rig) -> None:

@@ -70,6 +70,9 @@ class Reconciler:
         self._tell(verdict, entities)
         provisional = assembler.inferred
         changes = batch.reconcile(snapshot, received_at=received_at, deleting=[] if provisional else verdict.delete)
+        # The mirror holds what it needs now: the snapshot's own table goes before the sink write.
+        del snapshot
+        assembler.entities = {}
         held = 0
         if provisional and verdict.delete:
             held = len(verdict.delete)
