@@ -269,9 +269,9 @@ class Mirror:
         account = self._owners.account
         changes = []
         for (entity_type, ident), slot in vanished:
-            entity = entity_of(slot)
-            changes.append(Change(origin, entity_type, "Deleted", ident, entity, received_at,
-                                  account(entity_type, entity), slot if type(slot) is str else None))
+            text = slot if type(slot) is str else None  # parsed for the account only, as in diff_snapshot
+            changes.append(Change(origin, entity_type, "Deleted", ident, slot if text is None else UNPARSED,
+                                  received_at, account(entity_type, entity_of(slot)), text))
         committed, pending, counts = self._committed, self._pending, self._counts
         for key, _ in vanished:
             if key in committed:
