@@ -9,23 +9,20 @@ committed+pending, so the changes of one batch build on each other; the
 caller calls :meth:`Mirror.commit` once the sink committed the batch, or
 :meth:`Mirror.rollback` when it failed (the session then resyncs).
 
-Each entity is kept as its JSON text (``orjson.dumps``, as the sinks store it), not as the parsed
-dict: half the memory, and the text goes on to the sink in ``Change.data`` (no row is serialised
-twice).  Entities compare by value as parsed dicts did: equal texts are equal, texts that differ
-are parsed and compared (a reordered object is no change; too deep to compare counts as changed).
-An entity no JSON text can hold (never one from the codec) is kept as the object itself.
+Each entity is kept as its JSON text (:mod:`~shardsync.entitytext`, as the sinks store it), not as
+the parsed dict: half the memory, and the text goes on to the sink in ``Change.data`` (no row is
+serialised twice).  Entities still compare by value, as parsed dicts did.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
-import orjson
-
 from shardsync.attribution import PARENT_TYPES, Attribution
 from shardsync.change import ACCOUNT_KEYED_TYPES, ACCOUNT_VIA, EVENT_TYPES, UNPARSED, Change, Entity, Key, Origin
+from shardsync.entitytext import Slot, entity_of, same, text_of
 from shardsync.quarantine import Refusal, fits
 
 __all__ = ["Entity", "Key", "Mirror", "MirrorError", "key_of"]
@@ -46,34 +43,6 @@ def key_of(entity_type: str, entity: object) -> Key:
     if not fits(ident):
         raise MirrorError(f"{entity_type}: id outside signed 64-bit")
     return (entity_type, ident)
-
-
-#: How an entity is held: its JSON text, or (not serialisable) the object itself.
-Slot = Any
-_dumps, _loads = orjson.dumps, orjson.loads
-
-
-def text_of(entity: Any) -> str | None:
-    """The JSON text the mirror and the sinks keep for ``entity``; None when it has none."""
-    try:  # decode() also copies: the bytes orjson returns keep a page or more each
-        return _dumps(entity).decode()
-    except (TypeError, orjson.JSONEncodeError):
-        return None
-
-
-def entity_of(slot: Slot) -> Any:
-    """The entity a slot holds (parsed anew from its text: callers may keep or change it)."""
-    return _loads(slot) if type(slot) is str else slot
-
-
-def _same(slot: Slot, text: str | None, entity: Any) -> bool:
-    """Whether the held ``slot`` and a new ``entity`` (or its text; the text is ``text``) are equal by value."""
-    if text is not None and slot == text:
-        return True
-    try:
-        return bool(entity_of(slot) == entity_of(entity))
-    except RecursionError:  # nested too deep to compare: stored again
-        return False
 
 
 _first = itemgetter(0)
@@ -213,12 +182,12 @@ class Mirror:
                 continue
             current = pending[key] if key in pending else committed.get(key)
             text = value if type(value) is str else text_of(value)
-            if current is not None and _same(current, text, value):
+            if current is not None and same(current, text, value):
                 continue
             slot = value if text is None else text
             self._put(key, slot, current is not None)
             # A text is parsed for its account only, and the change holds the text alone.
-            entity, unparsed = (_loads(value), UNPARSED) if type(value) is str else (value, value)
+            entity, unparsed = (entity_of(value), UNPARSED) if type(value) is str else (value, value)
             if entity_type in parents:
                 seen(key, slot, entity)
             # Attribution.account, written out: a million calls fewer.
@@ -252,7 +221,9 @@ class Mirror:
         committed, pending = self._committed, self._pending
         # Written out per case rather than through a helper: with up to 1M
         # entities, per-key function calls dominate the cost.
-        if scope is None:
+        if scope is None and not pending:  # the resync case: nothing pending
+            vanished = [(k, e) for k, e in committed.items() if k not in snapshot]
+        elif scope is None:
             vanished = [(k, e) for k, e in committed.items() if k not in snapshot and k not in pending]
             vanished += [(k, e) for k, e in pending.items() if e is not None and k not in snapshot]
         else:
@@ -327,7 +298,7 @@ class Mirror:
                 owner, text = entity_of(current), None
             else:
                 text = text_of(entity)
-                if current is not None and _same(current, text, entity):
+                if current is not None and same(current, text, entity):
                     continue
                 slot = entity if text is None else text
                 self._put(key, slot, current is not None)
@@ -379,6 +350,10 @@ class Mirror:
     def slot(self, key: Key) -> Slot | None:
         """How ``key``'s entity is held now (its JSON text, or the object itself); None when absent."""
         return self._pending[key] if key in self._pending else self._committed.get(key)
+
+    def committed_slot(self) -> Callable[[Key], Slot | None]:
+        """The committed state's own lookup, fastest: for sharing equal texts (the assembler), not for the truth."""
+        return self._committed.get
 
     def _put(self, key: Key, slot: Slot, existed: bool) -> None:
         self._pending[key] = slot

@@ -220,9 +220,9 @@ def test_release_drops_what_was_assembled() -> None:
 
 
 def test_an_unchanged_entity_shares_the_mirrors_text() -> None:
-    """With ``held`` (the mirror's slots), an entity equal to the held text keeps that very object; others their own."""
+    """With ``held`` (the mirror's committed slots), an entity equal to the held text keeps that very object."""
     mirror = Mirror([("user", 1, {"id": 1, "name": "a"}), ("user", 2, {"id": 2, "name": "b"})])
-    a = SnapshotAssembler(SYNC, split=False, quiet=1.0, held=mirror.slot)
+    a = SnapshotAssembler(SYNC, split=False, quiet=1.0, held=mirror.committed_slot())
     a.on_response(part({"users": [{"id": 1, "name": "a"}, {"id": 2, "name": "B"}, {"id": 3}]}), 5.0)
     assert a.entities[("user", 1)] is mirror.slot(("user", 1))
     assert a.entities[("user", 2)] == '{"id":2,"name":"B"}' and a.entities[("user", 3)] == '{"id":3}'

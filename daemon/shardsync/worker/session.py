@@ -268,7 +268,7 @@ class Worker:
         self._assembler = SnapshotAssembler(
             request_id, split=options.split_responses, quiet=self._quiet, started=now,
             timeout=options.snapshot_timeout, max_bytes=options.max_snapshot_bytes,
-            max_entities=options.max_snapshot_entities, held=self.batch.mirror.slot,
+            max_entities=options.max_snapshot_entities, held=self.batch.mirror.committed_slot(),
         )
         self._gc.pause()
         if not resend:

@@ -91,7 +91,7 @@ class SnapshotAssembler:
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.max_entities = max_entities
-        #: Each entity as its JSON text (``mirror.text_of``): a third of a parsed dict's memory until reconciled;
+        #: Each entity as its JSON text (``entitytext``): a third of a parsed dict's memory until reconciled;
         #: the very text ``held(key)`` gives (the mirror's) when equal, so an unchanged entity costs no text at all.
         self.entities: dict[Key, Any] = {}
         self._held = held
@@ -123,7 +123,7 @@ class SnapshotAssembler:
         refused: list[Refusal] = []
         entities, dumps, held = self.entities, orjson.dumps, self._held
         for entity_type, entity in syncmessage.snapshot_entities(response.data, refused, response.nesting):
-            # The codec checked the id (syncmessage.snapshot_entities); mirror.text_of, written out.
+            # The codec checked the id (syncmessage.snapshot_entities); entitytext.text_of, written out.
             key = (entity_type, entity["id"])
             try:
                 text = dumps(entity).decode()
