@@ -176,6 +176,27 @@ def test_a_silent_socket_is_cut_off_after_idle_timeout() -> None:
         rig.close()
 
 
+def test_frames_waiting_after_a_busy_spell_are_read_not_taken_for_silence(rig: Rig) -> None:
+    """Frames that arrived while the worker was busy longer than idle_timeout are read, not taken for silence."""
+    rig.server.sendall(server_frame(b"h") + messages(7))
+    rig.offset += 11.0  # a commit longer than the 10 s idle_timeout, the frames waiting in the socket meanwhile
+    _, got = rig.receiver.read(100, rig.soon())
+    assert [type(m) for m in got] == [HeartbeatFrame, PropsEvent]
+
+
+def test_after_a_busy_spell_silence_is_counted_from_the_return() -> None:
+    """Back from a spell longer than idle_timeout with nothing waiting, the socket gets one more idle window of
+    listening, and is cut off after it."""
+    rig = Rig(idle_timeout=0.05)
+    try:
+        rig.offset += 1.0  # away (busy) for 20 idle windows
+        assert rig.receiver.read(100, None) == ("", [])  # listened for one window: nothing
+        with pytest.raises(ConnectionLost, match=r"no frame for 0\.05 s"):
+            rig.receiver.read(100, None)
+    finally:
+        rig.close()
+
+
 def test_the_client_heartbeat_is_sent_when_due(rig: Rig) -> None:
     """A quarter second before HEARTBEAT_INTERVAL has passed (not earlier), the pass sends the client's "[]"
     (a masked text frame) first, so a pass that ends late still keeps the server's 2.5 s cadence."""

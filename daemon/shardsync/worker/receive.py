@@ -2,7 +2,7 @@
 
 The deadlines of a connected worker are few and all kept here or read from
 their owners: the client ``[]`` (due every 2.25 s), the heartbeat to the parent, the
-idle cut-off (a silent socket is dead), and the session's own next deadline
+idle cut-off (a socket silent while the worker listens is dead), and the session's own next deadline
 (an answer due, a penalty's resend, the snapshot's quiet rule and bounds,
 provisional deletions, the freshness row).  What a pass read comes back with
 the time it was read, so the receive time travels with its messages; the
@@ -28,6 +28,9 @@ NO_BYTE_LIMIT = 1 << 62
 #: The client ``[]`` goes out this often: Tradovate asks for one every 2.5 s, and a pass that ends
 #: late (a commit, a busy machine) must still land inside that, so it is due a quarter second early.
 PING_EVERY: Final = protocol.HEARTBEAT_INTERVAL - 0.25
+
+#: A gap this long between two passes is the worker's own work, not time it listened (the idle cut-off).
+AWAY: Final = 1.0
 
 #: What a pass read: its receive time (ISO-8601 UTC, "" when nothing was read) and the
 #: decoded messages, in order; a close or an undecodable frame is the last item
@@ -67,6 +70,8 @@ class Receiver:
         self._control_seen = conn.control_frames
         #: Payload bytes of every message read on this connection.
         self.bytes_read = 0
+        # When the last pass returned, and since when the worker has listened without a long absence.
+        self._returned_at = self._listening_since = now
 
     def read(self, room: int, due: float | None, byte_room: int = NO_BYTE_LIMIT) -> Received:
         """Wait for the next deadline or input; return what was read meanwhile.
@@ -85,6 +90,7 @@ class Receiver:
             # the read-ahead full: Stop, Token and Permit must never wait for it.
             self.poll(0.0)
         elif not self.poll(max(0.0, deadline - clock())):
+            self._returned_at = clock()
             return "", []
         received_at = self._now_iso()
         # One timeout for the whole pass: it bounds the wait for the rest of a
@@ -124,6 +130,7 @@ class Receiver:
             self._control_seen = control
             self._vitals.last_frame_at = clock()
             self._vitals.last_event_at = self._wall()
+        self._returned_at = clock()
         return received_at, messages
 
     def waiting(self) -> bool:
@@ -151,13 +158,18 @@ class Receiver:
         if now >= self._next_ping:
             self._conn.send(protocol.HEARTBEAT)
             self._next_ping = now + PING_EVERY
+        if now - self._returned_at >= AWAY:
+            # Away (a million-entity snapshot's commit): what the server sent meanwhile waits unread, so its
+            # silence counts from now.  Only the worker's own work makes a gap; trickled bytes never do.
+            self._listening_since = now
         last_frame_at = self._vitals.last_frame_at
         assert last_frame_at is not None
-        if now - last_frame_at >= self._idle_timeout:
+        quiet_since = max(last_frame_at, self._listening_since)
+        if now - quiet_since >= self._idle_timeout:
             # A silent socket is a dead one (the server sends "h" every 2.5 s).
             raise ConnectionLost(f"no frame for {self._idle_timeout:g} s")
         link = self._link
         if now >= link.next_beat:
             link.beat()
-        deadline = min(link.next_beat, self._next_ping, last_frame_at + self._idle_timeout)
+        deadline = min(link.next_beat, self._next_ping, quiet_since + self._idle_timeout)
         return deadline if due is None else min(deadline, due)
