@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,7 +39,7 @@ def record(pid: int, out: Path, rate: int) -> subprocess.Popen[bytes]:
 
 
 def stop(spy: subprocess.Popen[bytes]) -> None:
-    spy.send_signal(2)  # py-spy writes its file on SIGINT
+    spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
     spy.wait(60)
 
 
