@@ -16,7 +16,7 @@ MAX_CONNECTS = 2
 
 def test_sixty_four_shards_start_with_bounded_handshakes_and_a_responsive_parent(
         sim_factory: Callable[..., Simulator], daemon_factory: Callable[..., Daemon]) -> None:
-    """64 shards all go live, every /status answer while they start takes < 1 s, and the simulator never sees
+    """64 shards all go live, every /status answer while they start takes < 2 s, and the simulator never sees
     more than max_concurrent_connects WebSocket handshakes at once."""
     sim = sim_factory(accounts=128, users=16)
     daemon = daemon_factory(sim, divisor=SHARDS, sections={
@@ -39,7 +39,10 @@ def test_sixty_four_shards_start_with_bounded_handshakes_and_a_responsive_parent
     shards = wait_until(all_live, 90, f"{SHARDS} shards live")
     assert sorted(shards) == list(range(SHARDS))
     assert len(timings) >= 5, "the status endpoint was polled while the shards started"
-    assert max(timings) < 1.0, f"slowest /status answer during start-up: {max(timings):.3f} s"
+    # The parent never blocks, but it shares two cores with 64 workers importing and connecting at once: on a
+    # quiet machine the slowest answer is 0.6-0.8 s (the same before and after issue 16), on a busy one it
+    # passed 1.2 s. A loop blocked on anything (a handshake, a login, a pipe) takes seconds more than that.
+    assert max(timings) < 2.0, f"slowest /status answer during start-up: {max(timings):.3f} s"
 
     stats = sim.stats()
     assert {int(k): v for k, v in stats["connections"].items()} == {r: 1 for r in range(SHARDS)}
