@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from shardsync.change import ACCOUNT_KEYED_TYPES, ACCOUNT_VIA, Entity, Key
+from shardsync.change import ACCOUNT_VIA, Entity, Key, account_id_of
 
 #: Types some other type hangs off (order, command, fill, position, orderStrategy).
 PARENT_TYPES: Final = frozenset(parent for _, parent in ACCOUNT_VIA.values())
@@ -28,9 +28,8 @@ _MAX_DEPTH: Final = 3
 
 def owner_fields(entity_type: str, entity: Entity) -> tuple[int | None, Any]:
     """What ``entity`` says of its owner: its own account (an int, else None) and its parent link as given."""
-    account = entity.get("id") if entity_type in ACCOUNT_KEYED_TYPES else entity.get("accountId")
     via = ACCOUNT_VIA.get(entity_type)
-    return (account if type(account) is int else None), (entity.get(via[0]) if via is not None else None)
+    return account_id_of(entity_type, entity), (entity.get(via[0]) if via is not None else None)
 
 
 class Attribution:
@@ -48,10 +47,8 @@ class Attribution:
 
     def account(self, entity_type: str, entity: Entity, count: bool = True) -> int | None:
         """The account of ``entity``: its own, else its parent chain's as the mirror holds it now."""
-        account = entity.get("id") if entity_type in ACCOUNT_KEYED_TYPES else entity.get("accountId")
-        if type(account) is int:
-            return account
-        return self.through_parent(entity_type, entity, count)
+        account = account_id_of(entity_type, entity)
+        return account if account is not None else self.through_parent(entity_type, entity, count)
 
     def through_parent(self, entity_type: str, entity: Entity, count: bool = True) -> int | None:
         """The account of an entity without one of its own, from its parent chain (ACCOUNT_VIA)."""
@@ -71,9 +68,9 @@ class Attribution:
             self._memo.clear()
 
     def _via(self, parent_type: str, parent_id: Any, count: bool, depth: int) -> int | None:
-        slot = self._slot((parent_type, parent_id)) if type(parent_id) is int else None
+        key = (parent_type, parent_id)
+        slot = self._slot(key) if type(parent_id) is int else None
         if slot is not None:
-            key = (parent_type, parent_id)
             hit = self._memo.get(key)
             if hit is None or hit[0] is not slot:
                 hit = (slot, *owner_fields(parent_type, self._parse(slot)))

@@ -110,13 +110,7 @@ class Mirror:
 
     def items(self) -> Iterator[tuple[Key, Entity]]:
         """Current entities, pending changes included; do not diff while iterating."""
-        pending = self._pending
-        for key, slot in self._committed.items():
-            if key not in pending:
-                yield key, entity_of(slot)
-        for key, maybe in pending.items():
-            if maybe is not None:
-                yield key, entity_of(maybe)
+        return ((key, entity_of(slot)) for key, slot in self.held())
 
     def held(self) -> Iterator[tuple[Key, Slot]]:
         """:meth:`items` as held, unparsed (JSON texts): a snapshot :meth:`diff_snapshot` takes as it is."""
@@ -125,8 +119,7 @@ class Mirror:
 
     def committed_items(self) -> Iterator[tuple[Key, Entity]]:
         """Entities as the sink holds them (pending changes excluded)."""
-        for key, slot in self._committed.items():
-            yield key, entity_of(slot)
+        return ((key, entity_of(slot)) for key, slot in self._committed.items())
 
     @property
     def unattributed(self) -> int:  # changes of a type attributed through a parent that was unknown

@@ -41,10 +41,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final, Literal
 
-import orjson
-
 from shardsync import syncmessage
 from shardsync.change import Key
+from shardsync.entitytext import text_of
 from shardsync.protocol import PropsEvent, ProtocolError, Rejected, Response, SystemEvent
 from shardsync.quarantine import Refusal
 
@@ -121,18 +120,17 @@ class SnapshotAssembler:
         if response.data is None:
             raise ProtocolError("sync response without a body", b"")
         refused: list[Refusal] = []
-        entities, dumps, held = self.entities, orjson.dumps, self._held
+        entities, held = self.entities, self._held
         for entity_type, entity in syncmessage.snapshot_entities(response.data, refused, response.nesting):
-            # The codec checked the id (syncmessage.snapshot_entities); entitytext.text_of, written out.
+            # The codec checked the id (syncmessage.snapshot_entities).
             key = (entity_type, entity["id"])
-            try:
-                text = dumps(entity).decode()
-            except (TypeError, orjson.JSONEncodeError):
+            text = text_of(entity)
+            if text is None:
                 entities[key] = entity
-                continue
-            if held is not None and (known := held(key)) == text:
-                text = known
-            entities[key] = text
+            elif held is not None and (known := held(key)) == text:
+                entities[key] = known
+            else:
+                entities[key] = text
         if refused:  # quarantine: kept in the change log with the snapshot
             self.buffered.append((Rejected(refused=tuple(refused)), ""))
         if not self.split:
