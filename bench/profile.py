@@ -33,6 +33,12 @@ from throughput import burst
 PY_SPY = Path(sys.executable).with_name("py-spy")
 
 
+def record(pid: int, out: Path, rate: int, *extra: str) -> subprocess.Popen[bytes]:
+    """``py-spy record`` of every thread of ``pid`` into ``out`` (collapsed stacks); it writes on exit or SIGINT."""
+    return subprocess.Popen([str(PY_SPY), "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
+                             "--threads", "-o", str(out), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def aggregate(path: Path, top: int) -> list[str]:
     """Shares of samples: per thread, per leaf function, per function anywhere on the stack."""
     total = 0
@@ -79,10 +85,7 @@ def main() -> int:
         try:
             worker.wait(lambda b: b.state == "live", 60, "live")
             burst(sim, args.steps)
-            spy = subprocess.Popen(
-                [str(PY_SPY), "record", "--pid", str(worker.pid), "--duration", str(int(args.seconds) + 1),
-                 "--rate", str(args.rate), "--format", "raw", "--threads", "-o", str(out)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            spy = record(worker.pid, out, args.rate, "--duration", str(int(args.seconds) + 1))
             end = time.monotonic() + args.seconds
             while time.monotonic() < end:
                 events += burst(sim, args.steps)

@@ -25,17 +25,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from profile import PY_SPY, aggregate
+from profile import aggregate, record
 
 from forked import ForkedWorker, quiet_logs
 from machine import RESULTS, header, info
 from scale import LIVE_TIMEOUT, churn, sim_for
 from shardsync.simulator.truth import ENTITY_TYPES
-
-
-def record(pid: int, out: Path, rate: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([str(PY_SPY), "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
-                             "--threads", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def stop(spy: subprocess.Popen[bytes]) -> None:
