@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-import struct
 import threading
 import time
 from pathlib import Path
@@ -15,7 +14,9 @@ from polling import wait_until
 from shardsync.change import Change
 from shardsync.sinks import open_sink
 from shardsync.sinks.sqlite import FALLBACK_CHECKPOINT_PAGES, SqliteSink, retire
-from shardsync.sinks.sqlite_checkpoint import Checkpointer, Gate, Outcome
+from shardsync.sinks.sqlite_checkpoint import Checkpointer, Outcome
+from shardsync.sinks.sqlite_gate import Gate
+from shardsync.sinks.sqlite_wal import restarts
 
 PADDING = "x" * 1500
 MIB = 1 << 20
@@ -73,31 +74,81 @@ def test_wal_stays_bounded_under_sustained_writes(tmp_path: Path) -> None:
         assert count == (45 * 400, 45 * 400)
 
 
-def test_a_pause_checkpoints_everything_so_the_wal_starts_over(tmp_path: Path) -> None:
-    """When the commits pause, what is left of the WAL is copied, so the next commit writes the WAL from
-    its beginning: the file does not grow over bursts separated by pauses, and no TRUNCATE was needed."""
+def test_a_quiet_stream_is_made_durable_without_restarting_the_wal(tmp_path: Path) -> None:
+    """Commits with pauses between them (a quiet shard) never start the WAL over, so no commit fsyncs;
+    the thread fsyncs the WAL itself while commits go on, copies nothing, and stops once they stop."""
 
     def checkpointer(file: str) -> Checkpointer:
-        return Checkpointer(file, interval=60.0, idle=0.02, max_wal_bytes=1 << 40)
+        return Checkpointer(file, interval=0.01, idle=0.01, sync_every=0.05)
+
+    with SqliteSink(str(tmp_path), remainder=0, divisor=1, checkpoints=checkpointer) as sink:
+        assert sink.checkpointer is not None
+        stats = sink.checkpointer.stats
+        for number in range(40):
+            sink.write(batch(number, size=2))
+            time.sleep(0.03)  # past idle: the checkpointer this replaced copied everything here
+        wait_until(lambda: stats.synced >= 5, 10, "the WAL fsynced by the thread while commits go on")
+        assert restarts(sink.file) == 0, stats
+        assert stats.passive == stats.truncate == stats.gated == stats.failed == 0, stats
+        # The commits of the last sync period are synced once more (twice if one came in as it began); then,
+        # with no commit, the count must stay put: ten sync periods unchanged, the thread does not spin.
+        last = [stats.synced, time.monotonic()]
+
+        def unchanged_for(seconds: float) -> bool:
+            if stats.synced != last[0]:
+                last[:] = [stats.synced, time.monotonic()]
+            return time.monotonic() - last[1] >= seconds
+
+        wait_until(lambda: unchanged_for(0.5), 10, "the syncs to stop with the commits")
+        count = sink._connection().execute("SELECT count(*) FROM events").fetchone()[0]
+        assert count == 80
+
+
+def test_a_log_past_its_restart_size_is_copied_and_starts_over(tmp_path: Path) -> None:
+    """Once the log since the WAL last started over passes ``restart_bytes`` it is copied, so the next
+    commit writes the WAL from its beginning: the file stays near that size over bursts of commits
+    (without the rounds it would hold them all) and no TRUNCATE was needed."""
+
+    def checkpointer(file: str) -> Checkpointer:
+        return Checkpointer(file, interval=0.01, idle=0.01, restart_bytes=2 * MIB, max_wal_bytes=1 << 40)
 
     with SqliteSink(str(tmp_path), remainder=0, divisor=1, checkpoints=checkpointer) as sink:
         wal = Path(sink.file + "-wal")
         assert sink.checkpointer is not None
         stats = sink.checkpointer.stats
         sizes = []
-        for burst in range(4):
-            passes = stats.passive
+        for burst in range(6):
             for number in range(3):
                 sink.write(batch(burst * 3 + number))
             sizes.append(wal.stat().st_size)
-            # Caught up, not just "a checkpoint ran": on a loaded machine a write can take longer than
-            # the idle time and a round may run in the middle of the burst.
-            wait_until(lambda passes=passes: stats.passive > passes and sink.checkpointer is not None
-                       and sink.checkpointer.caught_up, 10, "everything copied after the burst")
-        # Each burst reuses the log from its start: the file stays near the first burst's size
-        # (without the pause checkpoints it would hold all four bursts).
-        assert max(sizes) < 1.5 * sizes[0], sizes
-        assert stats.truncate == 0
+            wait_until(lambda: sink.checkpointer is not None and sink.checkpointer.caught_up, 10,
+                       "everything copied after the burst")
+        # 6 bursts of ~4 MiB: without the rounds the file would hold all ~24 MiB.
+        assert max(sizes) < 8 * MIB, sizes
+        assert restarts(sink.file) >= 5, (restarts(sink.file), stats)
+        assert stats.truncate == 0, stats
+
+
+def test_the_restart_size_is_read_from_the_wal_index_not_the_file_size(tmp_path: Path) -> None:
+    """After the WAL started over the file keeps its size; the log is measured from the wal-index header,
+    so small commits after a big one are not taken for a full log and restart nothing."""
+
+    def checkpointer(file: str) -> Checkpointer:
+        return Checkpointer(file, interval=0.01, idle=0.01, restart_bytes=1 * MIB, max_wal_bytes=1 << 40)
+
+    with SqliteSink(str(tmp_path), remainder=0, divisor=1, checkpoints=checkpointer) as sink:
+        assert sink.checkpointer is not None
+        checkpoints = sink.checkpointer
+        sink.write(batch(0))  # ~1.3 MiB: past the restart size
+        wait_until(lambda: checkpoints.caught_up, 10, "the big commit copied")
+        sink.write(batch(1, size=1))  # starts the WAL over
+        assert restarts(sink.file) == 1
+        assert Path(sink.file + "-wal").stat().st_size > MIB  # the file kept its size
+        for number in range(2, 30):
+            sink.write(batch(number, size=1))
+        assert checkpoints._log < MIB, checkpoints._log  # ~0.5 MiB: 28 small commits since the start over
+        time.sleep(0.1)  # ten intervals: a round would have run by now
+        assert restarts(sink.file) == 1, checkpoints.stats
 
 
 def test_a_reader_holding_a_snapshot_delays_the_bound_but_never_a_commit(tmp_path: Path) -> None:
@@ -161,7 +212,8 @@ def test_a_failed_checkpoint_is_counted_and_the_thread_lives_on(tmp_path: Path, 
             return super()._checkpoint(_Broken() if calls["n"] == 1 else conn, wanted)  # type: ignore[arg-type]
 
     def checkpointer(file: str) -> Checkpointer:
-        return Flaky(file, interval=0.01, idle=0.01, max_wal_bytes=0 if mode == "TRUNCATE" else 1 << 40)
+        return Flaky(file, interval=0.01, idle=0.01, max_wal_bytes=0 if mode == "TRUNCATE" else 1 << 40,
+                     restart_bytes=0)
 
     with SqliteSink(str(tmp_path), remainder=0, divisor=1, checkpoints=checkpointer) as sink:
         sink.write(batch(0, size=10))
@@ -219,7 +271,7 @@ def test_a_stalled_checkpoint_holds_the_writer_at_twice_the_bound(tmp_path: Path
             return super()._checkpoint(conn, wanted)
 
     def checkpointer(file: str) -> Checkpointer:
-        return Slow(file, interval=0.01, idle=0.01, max_wal_bytes=bound)
+        return Slow(file, interval=0.01, idle=0.01, max_wal_bytes=bound, restart_bytes=0)
 
     with SqliteSink(str(tmp_path), remainder=0, divisor=1, checkpoints=checkpointer) as sink:
         wal = Path(sink.file + "-wal")
@@ -237,21 +289,18 @@ def test_a_paced_stream_restarts_the_wal_between_two_commits(tmp_path: Path) -> 
     before the next, so the WAL keeps starting over without the writer being held for it."""
 
     def checkpointer(file: str) -> Checkpointer:
-        return Checkpointer(file, interval=0.05, idle=0.5, max_wal_bytes=1 << 40)
+        return Checkpointer(file, interval=0.05, idle=0.5, max_wal_bytes=1 << 40, restart_bytes=0)
 
     with SqliteSink(str(tmp_path), remainder=0, divisor=1, checkpoints=checkpointer) as sink:
         assert sink.checkpointer is not None
         stats = sink.checkpointer.stats
-        wal = Path(sink.file + "-wal")
         started = time.monotonic()
         number = 0
         while time.monotonic() - started < 1.5:
             sink.write(batch(number, size=3))
             number += 1
             time.sleep(0.005)
-        # The WAL header's checkpoint sequence number counts the times the log started over.
-        restarts = struct.unpack(">I", wal.read_bytes()[12:16])[0]
-        assert restarts >= 5, (restarts, number, stats)
+        assert restarts(sink.file) >= 5, (restarts(sink.file), number, stats)
         # Without the passes timed after a commit, every round not finished by luck takes the gate.
         assert stats.aligned > 0 and stats.gated < stats.aligned, stats
 
@@ -283,7 +332,7 @@ def test_an_unexpected_error_in_a_round_is_counted_and_checkpoints_go_on(tmp_pat
             return super()._round(conn, seen)
 
     def checkpointer(file: str) -> Checkpointer:
-        return Buggy(file, interval=0.01, idle=0.01)
+        return Buggy(file, interval=0.01, idle=0.01, restart_bytes=0)
 
     with SqliteSink(str(tmp_path), remainder=0, divisor=1, checkpoints=checkpointer) as sink:
         sink.write(batch(0, size=10))

@@ -330,8 +330,9 @@ def test_sqlite_synchronous_is_normal(directory: Path) -> None:
 
 def test_sqlite_checkpoints_off_the_commit_path_by_default(directory: Path) -> None:
     """The default sink turns SQLite's automatic checkpoints off and its own checkpointer thread, with the
-    default bound, copies the WAL once the writes pause (tests/unit/test_sink_checkpoint.py has the rest)."""
-    from shardsync.sinks.sqlite_checkpoint import MAX_WAL_BYTES
+    default bounds, copies the WAL once its log passes the restart size (tests/unit/test_sink_checkpoint.py has
+    the rest)."""
+    from shardsync.sinks.sqlite_checkpoint import MAX_WAL_BYTES, RESTART_BYTES
 
     padding = "x" * 1500
     with open_("sqlite", directory) as sink:
@@ -344,8 +345,8 @@ def test_sqlite_checkpoints_off_the_commit_path_by_default(directory: Path) -> N
             ])
         checkpointer = sink.checkpointer
         assert checkpointer is not None and checkpointer.running
-        assert checkpointer.max_wal_bytes == MAX_WAL_BYTES
-        wait_until(lambda: checkpointer.stats.passive > 0, 10, "a checkpoint once the writes pause")
+        assert (checkpointer.max_wal_bytes, checkpointer.restart_bytes) == (MAX_WAL_BYTES, RESTART_BYTES)
+        wait_until(lambda: checkpointer.stats.passive > 0, 10, "a checkpoint of the ~13 MiB log")
         assert checkpointer.stats.failed == 0, checkpointer.stats
 
 

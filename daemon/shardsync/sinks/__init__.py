@@ -7,7 +7,8 @@ validates ``[sink] kind`` and the key it needs against this table, and
 an optional extra, and a worker loads only its own sink).
 
 Modules: ``base`` (the Sink contract, Freshness/SinkState, batch rows), ``sqlite`` with
-``sqlite_schema`` and ``sqlite_checkpoint`` (WAL checkpoints off the commit path), ``jsonl``
+``sqlite_schema``, ``sqlite_checkpoint`` (WAL checkpoints off the commit path), ``sqlite_gate`` (the
+writer/checkpointer lock) and ``sqlite_wal`` (the WAL's length and restarts read from its files), ``jsonl``
 with ``jsonl_files`` (segments, rotation) and ``jsonl_upgrade``,
 ``postgres`` and ``postgres_schema`` (per-shard seq, NOTIFY), ``attribution`` (account ids of
 older rows at upgrade), ``retired`` (moving a no-longer-owned shard's files aside).

@@ -1,9 +1,10 @@
 """The embedded default sink: one SQLite file per shard, WAL, one writer.
 
 Durability: ``journal_mode=WAL`` with ``synchronous=NORMAL``. A commit appends
-the transaction to the WAL with ``write()``; the WAL is fsynced at checkpoints,
-not at each commit, and checkpoints never run inside a commit: the sink's
-checkpointer thread (``sqlite_checkpoint``) does them. Once ``write()`` has
+the transaction to the WAL with ``write()``; the WAL is fsynced by the sink's
+checkpointer thread (``sqlite_checkpoint``) within a second, and at its
+checkpoints, never inside a commit; a commit fsyncs only when it starts the WAL
+over, once per few MiB of log. Once ``write()`` has
 returned the data sits in the kernel's page cache, so it survives any crash of this process (SIGKILL included), which
 is the failure model the worker and supervisor are built for. Only an OS crash
 or power loss can lose the last commits, and even then the database stays
@@ -41,7 +42,8 @@ from shardsync.sinks.base import (
     shard_file_name,
 )
 from shardsync.sinks.retired import move_to_retired
-from shardsync.sinks.sqlite_checkpoint import Checkpointer, Gate
+from shardsync.sinks.sqlite_checkpoint import Checkpointer
+from shardsync.sinks.sqlite_gate import Gate
 
 UPSERT = (
     "INSERT INTO entities (entity_type, id, account_id, data, updated_at) VALUES (?, ?, ?, ?, ?) "

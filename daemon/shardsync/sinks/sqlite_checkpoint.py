@@ -2,19 +2,30 @@
 
 With ``wal_autocheckpoint = 0`` no commit copies the WAL into the database
 file (SQLite's automatic checkpoint runs inside the commit that crosses its
-threshold: the p99 of issue 16).  This thread does it, in rounds:
+threshold: the p99 of issue 16).  This thread does the work instead, and it
+does as little of it as keeps the WAL bounded, because every time the WAL
+starts over the commit that starts it fsyncs the WAL header (the
+``synchronous=NORMAL`` rule), on the worker's own thread.  Copying
+everything at every pause, as this thread once did, made that nearly every
+commit of a quiet shard (a demo shard's writer: 39 fsyncs in 6 s), and a disk that
+stalls for 2 s stalled the worker's heartbeats with it.  So:
 
-* every ``interval`` seconds while commits go on, and once when they pause
-  for ``idle`` seconds: PASSIVE checkpoints, which take no lock a writer
-  needs, so commits go on while they copy and fsync, each copying what the
-  commits added during the one before; then, holding the writer off
-  through the sink's :class:`Gate`, a last one for the little that is left.
-  With every frame copied the next commit starts the WAL over from its
-  beginning, which a steady stream of commits would otherwise never allow.
-  Before it takes the gate it tries a few passes started the moment a
-  commit ends: one that finishes before the next commit does the same
-  without holding anything up (its fsyncs are what the gate would expose
-  a commit to, and on a shared file system they take 1 to 50 ms).
+* every ``sync_every`` seconds while commits go on, the thread fsyncs the WAL
+  file itself: commits become durable within that (what the copies used to
+  give) without copying anything, so the WAL goes on growing and no commit
+  has a header to sync;
+* once the log since the WAL last started over reaches ``restart_bytes``
+  (the wal-index header's frame count, read at each commit), a round:
+  PASSIVE checkpoints, which take no lock a writer needs, so commits go on
+  while they copy and fsync, each copying what the commits added during the
+  one before; then, holding the writer off through the sink's :class:`Gate`,
+  a last one for the little that is left.  With every frame copied the next
+  commit starts the WAL over from its beginning: one writer fsync per
+  ``restart_bytes`` of log.  Before it takes the gate it tries a few passes
+  started the moment a commit ends: one that finishes before the next commit
+  does the same without holding anything up (its fsyncs are what the gate
+  would expose a commit to, and on a shared file system they take 1 to 50 ms).
+  Rounds are at least ``interval`` apart;
 * when the WAL file is past ``max_wal_bytes`` (noticed at the commit that
   grows it there, not an interval later): the same, with a TRUNCATE
   checkpoint as the gated step, which cuts the file back to nothing.
@@ -38,21 +49,25 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 
 from shardsync.logs import get_logger
+from shardsync.sinks.sqlite_gate import Gate
+from shardsync.sinks.sqlite_wal import WalIndex, sync_wal, wal_bytes
 
 THREAD_NAME = "shardsync-checkpoint"
-#: Seconds between rounds under a sustained stream of commits.
+#: The least time between two rounds, and between a refused or incomplete round and the next try.
 INTERVAL = 0.5
-#: Seconds without a commit after which everything left is copied.
+#: How long a pass timed after a commit waits for that commit, seconds.
 IDLE = 0.05
+#: The log since the WAL last started over past which a round copies it and lets it start over again.
+RESTART_BYTES = 4 << 20
+#: Seconds between two fsyncs of the WAL by the thread while commits go on (the durability window).
+SYNC_EVERY = 1.0
 #: The WAL file size past which a TRUNCATE checkpoint cuts it back.
 MAX_WAL_BYTES = 32 << 20
 #: How long a gated checkpoint waits for readers (it holds the writer meanwhile).
@@ -70,42 +85,14 @@ MAX_STALL = 1.0
 log = get_logger("shardsync.sink")
 
 
-class Gate:
-    """Held by the writer around each write transaction, and by the checkpointer to keep it off.
-
-    A plain lock would let the writer, which takes it again a few
-    milliseconds after releasing it, barge ahead of a checkpointer the OS
-    has not woken yet, round after round; the turnstile makes the writer
-    queue behind a waiting checkpointer, which so waits at most one
-    transaction.
-    """
-
-    def __init__(self) -> None:
-        self._turnstile = threading.Lock()
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> None:
-        with self._turnstile:
-            pass
-        self._lock.acquire()
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self._lock.release()
-
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        """The checkpointer's turn: no transaction runs until it ends."""
-        with self._turnstile, self._lock:
-            yield
-
-
 @dataclass
 class CheckpointStats:
     """What the thread did; read from other threads (single int/str stores, no lock needed)."""
 
     passive: int = 0
     truncate: int = 0
+    #: fsyncs of the WAL file by the thread, with nothing copied.
+    synced: int = 0
     #: Rounds finished by a pass between two commits, with no commit held.
     aligned: int = 0
     #: Rounds finished with the writer held off (the gate).
@@ -130,19 +117,25 @@ class Checkpointer:
         interval: float = INTERVAL,
         idle: float = IDLE,
         max_wal_bytes: int = MAX_WAL_BYTES,
+        restart_bytes: int = RESTART_BYTES,
+        sync_every: float = SYNC_EVERY,
         busy_ms: int = BUSY_MS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.file = file
         self.interval, self.idle = interval, idle
         self.max_wal_bytes, self.busy_ms = max_wal_bytes, busy_ms
+        self.restart_bytes, self.sync_every = restart_bytes, sync_every
         self.stats = CheckpointStats()
         self.gate = Gate()
         self._clock = clock
         self._wake = threading.Event()
         self._commits = 0
         self._copied_through = 0  # every commit up to this count is in the database file
-        self._last_commit = 0.0
+        # The log since the WAL last started over, as the writer found it after its last commit.
+        self._log = 0
+        self._syncs_only = False  # the thread waits for a sync with no round due: a full log must wake it
+        self._index = WalIndex(file)  # read by the writer only, after its commits
         self._sleeping = False
         self._awaiting = False
         self._next_commit = threading.Event()
@@ -173,17 +166,20 @@ class Checkpointer:
 
     def committed(self) -> None:
         """A write transaction ended: frames to copy.  The writer calls it after each one: a few microseconds."""
-        self._last_commit = self._clock()
         self._commits += 1
         if self._awaiting:
             self._next_commit.set()
-        # A thread counting down to a deadline sees the commit when it gets
-        # there; only one waiting for a first commit, or a WAL past its bound,
-        # needs waking.
+        self._log = log = self._log_bytes()
+        # A thread counting down to a round sees the commit when it gets
+        # there; only one waiting for a first commit, one waiting for a sync
+        # while the log is due to start over, or a WAL past its bound needs waking.
         if self._sleeping:
             self._wake.set()
             return
-        wal = self._wal_bytes()
+        if self._syncs_only and log >= self.restart_bytes:
+            self._syncs_only = False
+            self._wake.set()
+        wal = wal_bytes(self.file)
         if wal <= self.max_wal_bytes:
             return
         if not self._over:
@@ -203,36 +199,50 @@ class Checkpointer:
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+        self._index.close()
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
         seen = 0  # commits when the last round began: the ones after it are not copied yet
-        last_round = self._clock()
+        synced = 0  # commits when the WAL was last fsynced (by a sync or a round)
+        last_round = last_sync = self._clock()
         incomplete = False
         refusals = 0
         try:
             while not self._stopping:
                 self._wake.clear()
                 now = self._clock()
+                commits = self._commits
+                round_due: float | None = None
                 if self._over:
-                    due = now
-                elif self._commits != seen:
-                    due = min(last_round + self.interval, self._last_commit + self.idle)
-                elif incomplete:
-                    due = last_round + self.interval
-                else:
+                    round_due = now
+                elif incomplete or (commits != seen and self._log >= self.restart_bytes):
+                    round_due = last_round + self.interval
+                    if refusals:
+                        round_due = max(round_due, last_round + min(self.interval * (1 << min(refusals, 16)),
+                                                                    max(self.interval, MAX_BACKOFF)))
+                sync_due = None if commits == synced else last_sync + self.sync_every
+                if round_due is None and sync_due is None:
                     self._sleeping = True
-                    if self._commits == seen and not self._stopping:
+                    if self._commits == synced and not self._stopping:
                         self._wake.wait()
                     self._sleeping = False
                     continue
-                if refusals:
-                    due = max(due, last_round + min(self.interval * (1 << min(refusals, 16)),
-                                                    max(self.interval, MAX_BACKOFF)))
+                due = min(at for at in (round_due, sync_due) if at is not None)
                 if now < due:
-                    self._wake.wait(due - now)
+                    self._syncs_only = round_due is None
+                    if not self._syncs_only or self._commits == commits:
+                        self._wake.wait(due - now)
+                    self._syncs_only = False
                     continue
-                seen, last_round, self._over = self._commits, now, False
+                if round_due is None or now < round_due:
+                    # Durable without a copy: the WAL goes on growing and no commit restarts it.
+                    if self._sync_wal():
+                        synced = commits
+                    last_sync = now
+                    continue
+                seen, last_round, self._over = commits, now, False
+                done = self.stats.passive + self.stats.truncate
                 if conn is None:
                     conn = self._connect()
                     if conn is None:
@@ -246,6 +256,9 @@ class Checkpointer:
                     with contextlib.suppress(sqlite3.Error):
                         conn.close()
                     conn = None
+                if self.stats.passive + self.stats.truncate > done:
+                    # A checkpoint fsyncs the WAL before it copies: those commits are durable.
+                    synced, last_sync = commits, now
                 incomplete = outcome is not Outcome.COMPLETE
                 if not incomplete:
                     self._copied_through = seen
@@ -293,7 +306,7 @@ class Checkpointer:
             if took <= SHORT_PASS or took >= previous:
                 break
             previous = took
-        truncate = self._wal_bytes() > self.max_wal_bytes
+        truncate = wal_bytes(self.file) > self.max_wal_bytes
         if complete and self._commits == seen and not truncate:
             return Outcome.COMPLETE, seen
         if not truncate:
@@ -311,7 +324,7 @@ class Checkpointer:
                 if complete and self._commits == mark:
                     self.stats.aligned += 1
                     return Outcome.COMPLETE, mark
-            truncate = self._wal_bytes() > self.max_wal_bytes
+            truncate = wal_bytes(self.file) > self.max_wal_bytes
         wanted = "TRUNCATE" if truncate else "PASSIVE"
         with self.gate.exclusive():
             commits = self._commits
@@ -370,9 +383,18 @@ class Checkpointer:
         self.stats.failed += 1
         self.stats.last_error = error
 
-    def _wal_bytes(self) -> int:
-        # Never raises: the writer calls it after its commit, which must not look failed.
+    def _sync_wal(self) -> bool:
+        """fsync the WAL file (the commits in it become durable); False when that failed."""
         try:
-            return os.stat(self.file + "-wal").st_size
-        except OSError:
-            return 0
+            sync_wal(self.file)
+        except OSError as exc:
+            self._failed(f"fsync of {self.file}-wal failed: {exc}")
+            return False
+        self.stats.synced += 1
+        return True
+
+    def _log_bytes(self) -> int:
+        """The log since the WAL last started over; the file's size if the wal-index cannot be read (an
+        overestimate: rounds come sooner, never later)."""
+        log = self._index.log_bytes()
+        return wal_bytes(self.file) if log is None else log
