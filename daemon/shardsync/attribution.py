@@ -19,8 +19,11 @@ from shardsync.change import ACCOUNT_VIA, Entity, Key, account_id_of
 #: Types some other type hangs off (order, command, fill, position, orderStrategy).
 PARENT_TYPES: Final = frozenset(parent for _, parent in ACCOUNT_VIA.values())
 
-#: Memo entries kept between snapshots; a snapshot's diff may hold one per parent until it is done.
+#: Memo entries kept between snapshots; a snapshot's diff may hold up to MEMO_CAP (one per parent its
+#: children named) until it is done.
 MEMO_LIMIT: Final = 65_536
+#: Never more than this many (~35 MiB): past it the memo starts over, and a parent is read again if needed.
+MEMO_CAP: Final = 4 * MEMO_LIMIT
 
 #: Parents looked through beyond the first (the longest chain, commandReport -> command -> order, needs 1).
 _MAX_DEPTH: Final = 3
@@ -74,6 +77,8 @@ class Attribution:
             hit = self._memo.get(key)
             if hit is None or hit[0] is not slot:
                 hit = (slot, *owner_fields(parent_type, self._parse(slot)))
+                if len(self._memo) >= MEMO_CAP:
+                    self._memo.clear()
                 self._memo[key] = hit
             if hit[1] is not None:
                 return hit[1]

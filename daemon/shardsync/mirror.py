@@ -20,8 +20,9 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from operator import itemgetter
 from typing import Any
 
-from shardsync.attribution import PARENT_TYPES, Attribution
+from shardsync.attribution import Attribution
 from shardsync.change import ACCOUNT_KEYED_TYPES, ACCOUNT_VIA, EVENT_TYPES, UNPARSED, Change, Entity, Key, Origin
+from shardsync.changeseq import Changes, SnapshotRun
 from shardsync.entitytext import Slot, entity_of, same, text_of
 from shardsync.quarantine import Refusal, fits
 
@@ -145,7 +146,7 @@ class Mirror:
         return [key for key, _ in self._vanished(snapshot, self._scope(types))]
 
     def diff_snapshot(self, snapshot: Mapping[Key, Any], *, types: Collection[str] | None, received_at: str,
-                      deleting: Sequence[Key] | None = None) -> list[Change]:
+                      deleting: Sequence[Key] | None = None) -> Changes:
         """Reconcile with a complete snapshot and return the changes it implies.
 
         The snapshot is the whole truth for the shard: any current key absent
@@ -164,11 +165,17 @@ class Mirror:
         else:
             vanished = [(key, slot) for key in deleting
                         if key not in snapshot and (slot := self.slot(key)) is not None]
-        changes = self._delete(vanished, origin, received_at)
+        changes = Changes(self._delete(vanished, origin, received_at))
 
         committed, pending, owners = self._committed, self._pending, self._owners
-        seen, through, parents, keyed = owners.seen, owners.through_parent, PARENT_TYPES, ACCOUNT_KEYED_TYPES
-        orphans: list[Change] = []
+        # No owners.seen() here: remembering every parent of a million-entity snapshot cost ~140 bytes each
+        # (a sixth of the peak), children or not; a child reads its parent's text once when it needs it.
+        through, keyed = owners.through_parent, ACCOUNT_KEYED_TYPES
+        # Texts (what the assembler hands over) become a compact run; an entity given as an object is a
+        # Change of its own.  A run joins ``changes`` complete, before the next object, so order is kept.
+        run = SnapshotRun(origin, received_at)
+        orphans: list[tuple[SnapshotRun, int]] = []
+        orphan_changes: list[Change] = []
         for key, value in snapshot.items():
             entity_type = key[0]
             if scope is not None and entity_type not in scope:
@@ -180,20 +187,29 @@ class Mirror:
             slot = value if text is None else text
             self._put(key, slot, current is not None)
             # A text is parsed for its account only, and the change holds the text alone.
-            entity, unparsed = (entity_of(value), UNPARSED) if type(value) is str else (value, value)
-            if entity_type in parents:
-                seen(key, slot, entity)
+            entity = entity_of(value) if type(value) is str else value
             # Attribution.account, written out: a million calls fewer.
             account = entity.get("id") if entity_type in keyed else entity.get("accountId")
             if type(account) is not int:
                 account = through(entity_type, entity, False)
-            change = Change(origin, entity_type, "Created" if current is None else "Updated", key[1], unparsed,
+            orphan = account is None and entity_type in ACCOUNT_VIA
+            if type(value) is str:
+                if orphan:
+                    orphans.append((run, len(run)))
+                run.append(key, value, account, current is not None)
+                continue
+            change = Change(origin, entity_type, "Created" if current is None else "Updated", key[1], value,
                             received_at, account, text)
-            if account is None and entity_type in ACCOUNT_VIA:
-                orphans.append(change)
-            changes.append(change)
+            if orphan:
+                orphan_changes.append(change)
+            changes.extend(run)
+            changes.extend([change])
+            run = SnapshotRun(origin, received_at)
+        changes.extend(run)
         # A second look once the whole snapshot is in: a parent may come later in it.
-        for change in orphans:
+        for holder, index in orphans:
+            holder.set_account(index, owners.account(holder.entity_type(index), entity_of(holder.text(index))))
+        for change in orphan_changes:
             change.account_id = owners.account(change.entity_type, change.entity)
         owners.trim()
         self._synced = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
 from shardsync import attribution
 from shardsync.attribution import Attribution
@@ -99,3 +100,21 @@ def test_a_rolled_back_parent_update_does_not_attribute_its_children() -> None:
     m.rollback()
     [fill] = m.diff_event("fill", "Created", [{"id": 10, "orderId": 1}], received_at=T)
     assert fill.account_id == 7
+
+
+def test_a_snapshot_remembers_only_the_parents_its_children_name_and_never_past_the_cap(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Diffing a snapshot of orders leaves no memo (remembering each cost ~140 bytes, children or not); with fills,
+    only their orders are remembered, never more than MEMO_CAP at once, and every fill still gets its account."""
+    monkeypatch.setattr(attribution, "MEMO_CAP", 4)
+    orders = {("order", n): orjson.dumps({"id": n, "accountId": 100 + n}).decode() for n in range(1, 21)}
+    mirror = Mirror()
+    mirror.diff_snapshot(orders, types=None, received_at=T)
+    assert not mirror._owners._memo
+    fills = {("fill", 1000 + n): orjson.dumps({"id": 1000 + n, "orderId": n}).decode() for n in range(1, 21, 2)}
+    mirror = Mirror()
+    changes = mirror.diff_snapshot({**orders, **fills}, types=None, received_at=T)
+    assert [(c.id, c.account_id) for c in changes if c.entity_type == "fill"] == \
+        [(1000 + n, 100 + n) for n in range(1, 21, 2)]
+    assert 0 < len(mirror._owners._memo) <= 4
+    assert mirror.unattributed == 0

@@ -100,7 +100,7 @@ FORBIDDEN = [
     ("follow", {"worker", "supervisor", "simulator", "config"}),
 ]
 #: The pure core: decisions and codecs that do no I/O and import nothing that does.
-PURE = {"protocol", "syncmessage", "mirror", "attribution", "entitytext", "change", "backoff", "partition",
+PURE = {"protocol", "syncmessage", "mirror", "attribution", "entitytext", "change", "changeseq", "backoff", "partition",
         "ordinal", "clip", "secrets", "quarantine", "salvage", "requests"}
 PURE_MAY_IMPORT = PURE
 #: The only way into the fake server from production code: `shardsync simulate` (cli, imported lazily).

@@ -21,6 +21,7 @@ import orjson
 
 from shardsync.backoff import Backoff
 from shardsync.change import Change, Key, Origin
+from shardsync.changeseq import Changes
 from shardsync.clip import clip
 from shardsync.mirror import Mirror, MirrorError
 from shardsync.protocol import PropsEvent, Rejected, SystemEvent
@@ -62,7 +63,8 @@ class Batch:
         self.log = log
         #: Lines a server can cause at will: one per kind per 10 s, with a count (ratelimit.py).
         self._noise = Throttled(log, LineLimiter(clock))
-        self._pending: list[Change] = []
+        # A plain list on the live path; Changes once a snapshot's compact run joins it (changeseq.py).
+        self._pending: list[Change] | Changes = []
         self._pending_since = 0.0
         self._retry = retry or Backoff(0.5, 60.0)
         #: The sink cannot be reached: the changes wait (outage.py).
@@ -156,7 +158,7 @@ class Batch:
         self.add(changes)
         return len(changes)
 
-    def add(self, changes: list[Change]) -> None:
+    def add(self, changes: Sequence[Change]) -> None:
         outage = self.outage
         if outage is not None and changes and not outage.keep(len(self._pending), len(changes), _size(changes)):
             if self._pending:
@@ -166,7 +168,13 @@ class Batch:
             return
         if changes and not self._pending:
             self._pending_since = self._clock()
-        self._pending += changes
+        pending = self._pending
+        if type(pending) is list and type(changes) is list:
+            pending += changes
+            return
+        if type(pending) is list:
+            pending = self._pending = Changes(pending)
+        pending.extend(changes)
 
     def due(self, waiting: Callable[[], bool]) -> bool:
         """Commit now, or keep reading to make a bigger batch?
@@ -275,6 +283,7 @@ class Batch:
         outage = self.outage
         assert outage is not None
         at = self._wall()
+        changes: Sequence[Change]
         if outage.overflowed:
             # The records are gone: the sink gets the mirror's state, diffed as a snapshot against what it holds.
             current = dict(self.mirror.held())
@@ -345,7 +354,7 @@ class Batch:
                                commit_at=commit_at, snapshot_at=snapshot_at)
 
 
-def _size(changes: list[Change]) -> int:
+def _size(changes: Sequence[Change]) -> int:
     """The JSON bytes of the changes' entities (computed only during an outage: no sink write runs then)."""
     dumps = orjson.dumps
     size = 0
