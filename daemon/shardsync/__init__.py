@@ -7,7 +7,8 @@ Map (ARCHITECTURE.md has the allowed and forbidden import arrows):
     supervisor/                        the parent: one single-threaded loop over one worker per shard
     worker/                            one forked process per shard: session, mirror, sink, reconnects
     protocol.py, syncmessage.py        pure codec: frames and messages; snapshot collections
-    mirror.py, change.py               the shard's state, reconciliation, and the change record (pure)
+    mirror.py, change.py               the shard's state, reconciliation, and the change record (pure;
+                                       with entitytext, attribution, changeseq)
     sinks/                             sqlite, jsonl, postgres: current state, change log, shard_status
     follow/, query.py                  consumers: the change feed and queries across shard files
     auth.py, credentials.py, ipc.py    REST login/renewal; where secrets come from; parent <-> worker pipe

@@ -14,12 +14,14 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from pgserver import pg_query
 from polling import wait_until
 from shardsync.change import Change, account_id_of
+from shardsync.changeseq import Changes, SnapshotRun
 from shardsync.sinks import SinkError, SinkUnavailable
 from shardsync.sinks.postgres import Doubt, PostgresSink
 
@@ -108,17 +110,25 @@ def log_of(dsn: str) -> list[tuple[Any, ...]]:
     return pg_query(dsn, "SELECT shard_seq, id FROM events ORDER BY shard_seq")
 
 
-def cut_and_retry(cutter: tuple[CommitCutter, str], pg_dsn: str, mode: str) -> None:
+def snapshot_run(*idents: int) -> Changes:
+    """Accounts as a snapshot's compact run (changeseq.py): a new Change at every read."""
+    run = SnapshotRun("snapshot", AT)
+    for ident in idents:
+        run.append(("account", ident), orjson.dumps({"id": ident, "name": f"acc{ident}"}).decode(), ident, False)
+    return Changes(run)
+
+
+def cut_and_retry(cutter: tuple[CommitCutter, str], pg_dsn: str, mode: str, *, run: bool = False) -> None:
     proxy, dsn = cutter
     with PostgresSink(dsn, remainder=3, divisor=16) as sink:
         sink.write([created(1)])
         proxy.arm(mode)
-        batch = [created(2), created(3)]
+        batch: list[Change] | Changes = snapshot_run(2, 3) if run else [created(2), created(3)]
         with pytest.raises(SinkUnavailable, match="in doubt"):
             sink.write(batch)
         assert proxy.cut.is_set()
         wait_until(lambda: old_backend_gone(pg_dsn), 10, "the cut session to end")
-        batch += [created(4)]  # as the worker's outage does: the held batch first, what came meanwhile after it
+        batch.extend([created(4)])  # as the worker's outage does: the held batch first, what came meanwhile after it
         sink.write(batch)
         sink.write([created(5)])
     assert log_of(pg_dsn) == [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]
@@ -129,6 +139,13 @@ def cut_and_retry(cutter: tuple[CommitCutter, str], pg_dsn: str, mode: str) -> N
 def test_batch_committed_before_the_cut_is_not_logged_twice(cutter: tuple[CommitCutter, str], pg_dsn: str) -> None:
     """The server committed, the answer was lost: the retry writes only what came after it, no change-log repeat."""
     cut_and_retry(cutter, pg_dsn, "after")
+
+
+def test_a_snapshot_run_committed_before_the_cut_is_not_logged_twice(cutter: tuple[CommitCutter, str],
+                                                                     pg_dsn: str) -> None:
+    """The same for a snapshot's compact run, whose changes are new objects at every read: its retry is known by
+    the batch itself, so what committed is not logged again."""
+    cut_and_retry(cutter, pg_dsn, "after", run=True)
 
 
 def test_batch_cut_before_commit_is_written_in_full(cutter: tuple[CommitCutter, str], pg_dsn: str) -> None:
@@ -147,6 +164,21 @@ def test_doubt_settles_against_the_shard_seq() -> None:
     assert doubt.settle(12, rebuilt, "w") == rebuilt
     with pytest.raises(SinkError, match="shard_seq is 13, expected 10 or 12"):
         doubt.settle(13, retry, "w")
+
+
+def test_a_grown_batch_of_snapshot_runs_settles_by_the_sequence_itself() -> None:
+    """The worker's own batch, a snapshot's compact run that makes a new Change at every read, extended after the
+    doubt: its committed part is skipped (by the sequence's identity and its count then); an equal rebuilt
+    sequence is written whole."""
+    run = SnapshotRun("snapshot", "2026-01-01T00:00:00.000Z")
+    for n in (1, 2):
+        run.append(("account", n), f'{{"id":{n}}}', n, False)
+    batch = Changes(run)
+    doubt = Doubt(batch, before=10, after=12)
+    batch.extend([created(3)])
+    assert doubt.settle(12, batch, "w") == [created(3)]
+    assert doubt.settle(10, batch, "w") is batch
+    assert list(doubt.settle(12, Changes(run), "w")) == list(Changes(run))
 
 
 def test_writer_lock_still_held_at_the_reconnect_is_an_outage(cutter: tuple[CommitCutter, str], pg_dsn: str) -> None:

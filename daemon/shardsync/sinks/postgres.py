@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -120,12 +121,23 @@ def redact(dsn: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Doubt:
-    """A batch that failed with its connection: whether it committed is known only after the reconnect."""
+    """A batch that failed with its connection: whether it committed is known only after the reconnect.
+
+    ``changes`` is the caller's own sequence, which it may extend meanwhile (the worker's batch grows, never
+    changes what it holds), and ``count`` how many it had: the retry of that very sequence skips those
+    once they committed.  A snapshot's compact run makes a new Change at each read, so its retry is known by
+    the sequence, not by its changes (a tuple copy would also make a million of them at once).
+    """
 
     changes: Sequence[Change]
     #: The shard's ``last_seq`` before it, and after it had it committed.
     before: int
     after: int
+    count: int = -1  # default: len(changes) now
+
+    def __post_init__(self) -> None:
+        if self.count < 0:
+            object.__setattr__(self, "count", len(self.changes))
 
     def settle(self, seq: int, changes: Sequence[Change], where: str) -> Sequence[Change]:
         """What of ``changes`` is still to write, the shard's ``last_seq`` being ``seq`` after the reconnect."""
@@ -134,8 +146,9 @@ class Doubt:
         if seq != self.after:
             raise SinkError(f"postgres sink: {where}: shard_seq is {seq}, expected {self.before} or {self.after} "
                             "after a lost connection: another writer?")
-        count = len(self.changes)
-        if len(changes) >= count and all(a is b for a, b in zip(changes, self.changes, strict=False)):
+        count = self.count
+        prefix = zip(changes, islice(self.changes, count), strict=False)  # changes has count or more
+        if len(changes) >= count and (changes is self.changes or all(a is b for a, b in prefix)):
             return changes[count:]
         # Not a retry of it (the worker rebuilt its batch from the mirror): upserts and deletes are idempotent.
         return changes
@@ -254,8 +267,7 @@ class PostgresSink(Sink):
         except Exception as exc:
             if not self._drop_if_broken(conn):
                 raise SinkError(f"postgres sink: {self.where}: batch of {len(changes)} not written: {exc}") from exc
-            # A copy: the caller extends its own list with what comes meanwhile.
-            self._doubt = Doubt(tuple(changes), self._seq, self._seq + len(events))
+            self._doubt = Doubt(changes, self._seq, self._seq + len(events))
             raise SinkUnavailable(f"postgres sink: {self.where}: batch of {len(changes)} in doubt (connection "
                                   f"lost): {exc}") from exc
         self._seq = last
