@@ -23,7 +23,11 @@ CREATED, UPDATED = "Created", "Updated"
 
 
 class SnapshotRun(Sequence[Change]):
-    """Creates and updates of one snapshot, each an entity's key, JSON text and account."""
+    """Creates and updates of one snapshot, each an entity's key, JSON text and account.
+
+    A :class:`Changes` holds a run by reference and counts it when it joins: a run is appended to only
+    before that (its accounts may still be set after).
+    """
 
     __slots__ = ("_accounts", "_interned", "_keys", "_texts", "_updated", "origin", "received_at")
 
