@@ -156,7 +156,7 @@ def test_batch_cut_before_commit_is_written_in_full(cutter: tuple[CommitCutter, 
 def test_doubt_settles_against_the_shard_seq() -> None:
     """Unmoved seq: everything; moved by the batch: the rest; a rebuilt batch: all of it; moved otherwise: an error."""
     held = (created(1), created(2))
-    doubt = Doubt(held, before=10, after=12)
+    doubt = Doubt(held, len(held), before=10, after=12)
     retry = [*held, created(3)]
     assert doubt.settle(10, retry, "w") == retry
     assert list(doubt.settle(12, retry, "w")) == retry[2:]
@@ -174,7 +174,7 @@ def test_a_grown_batch_of_snapshot_runs_settles_by_the_sequence_itself() -> None
     for n in (1, 2):
         run.append(("account", n), f'{{"id":{n}}}', n, False)
     batch = Changes(run)
-    doubt = Doubt(batch, before=10, after=12)
+    doubt = Doubt(batch, len(batch), before=10, after=12)
     batch.extend([created(3)])
     assert doubt.settle(12, batch, "w") == [created(3)]
     assert doubt.settle(10, batch, "w") is batch

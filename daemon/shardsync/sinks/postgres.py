@@ -124,20 +124,16 @@ class Doubt:
     """A batch that failed with its connection: whether it committed is known only after the reconnect.
 
     ``changes`` is the caller's own sequence, which it may extend meanwhile (the worker's batch grows, never
-    changes what it holds), and ``count`` how many it had: the retry of that very sequence skips those
-    once they committed.  A snapshot's compact run makes a new Change at each read, so its retry is known by
+    changes what it holds), and ``count`` how many it had when it failed: the retry of that very sequence
+    skips those once they committed.  A snapshot's compact run makes a new Change at each read, so its retry is known by
     the sequence, not by its changes (a tuple copy would also make a million of them at once).
     """
 
     changes: Sequence[Change]
+    count: int
     #: The shard's ``last_seq`` before it, and after it had it committed.
     before: int
     after: int
-    count: int = -1  # default: len(changes) now
-
-    def __post_init__(self) -> None:
-        if self.count < 0:
-            object.__setattr__(self, "count", len(self.changes))
 
     def settle(self, seq: int, changes: Sequence[Change], where: str) -> Sequence[Change]:
         """What of ``changes`` is still to write, the shard's ``last_seq`` being ``seq`` after the reconnect."""
@@ -267,7 +263,7 @@ class PostgresSink(Sink):
         except Exception as exc:
             if not self._drop_if_broken(conn):
                 raise SinkError(f"postgres sink: {self.where}: batch of {len(changes)} not written: {exc}") from exc
-            self._doubt = Doubt(changes, self._seq, self._seq + len(events))
+            self._doubt = Doubt(changes, len(changes), self._seq, self._seq + len(events))
             raise SinkUnavailable(f"postgres sink: {self.where}: batch of {len(changes)} in doubt (connection "
                                   f"lost): {exc}") from exc
         self._seq = last
